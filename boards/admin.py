@@ -1,0 +1,266 @@
+"""Setup in the Django admin. Every save goes through `boards.services`, so it is logged too.
+
+The admin's forms validate the input; the services then apply the change as the staff user
+(source "admin") and write its event. Deleting is off: boards and cards are kept, columns
+hold cards, and membership removal is a service call.
+"""
+
+from django.contrib import admin, messages
+from django.core.exceptions import ValidationError
+from django.db import transaction
+from django.http import HttpRequest
+
+from activity.log import Actor
+from activity.models import Source
+from boards import services
+from boards.errors import FluxError
+from boards.models import Board, Card, Column, Comment, Label, Membership
+
+
+def admin_actor(request: HttpRequest) -> Actor:
+    return Actor(user=request.user, source=Source.ADMIN)
+
+
+class ServiceAdminMixin:
+    """Shows a service's refusal as an admin error message instead of a 500."""
+
+    def changeform_view(self, request, *args, **kwargs):
+        try:
+            with transaction.atomic():
+                return super().changeform_view(request, *args, **kwargs)
+        except (ValidationError, FluxError) as error:
+            text = (
+                "; ".join(error.messages) if isinstance(error, ValidationError) else error.message
+            )
+            self.message_user(request, f"Not saved: {text}", level=messages.ERROR)
+            from django.http import HttpResponseRedirect
+
+            return HttpResponseRedirect(request.get_full_path())
+
+
+class ColumnInline(admin.TabularInline):
+    model = Column
+    fields = ["name", "position", "stage", "wip_limit", "wip_blocks"]
+    extra = 0
+    can_delete = False
+    ordering = ["position", "id"]
+
+
+class MembershipInline(admin.TabularInline):
+    model = Membership
+    fields = ["user", "role"]
+    extra = 1
+    autocomplete_fields = ["user"]
+
+
+@admin.register(Board)
+class BoardAdmin(ServiceAdminMixin, admin.ModelAdmin):
+    list_display = ["name", "key", "created_at"]
+    search_fields = ["name", "key"]
+    inlines = [ColumnInline, MembershipInline]
+    actions = None
+
+    def get_readonly_fields(self, request, obj=None):
+        return ["key", "created_at"] if obj else ["created_at"]
+
+    def get_fields(self, request, obj=None):
+        return ["name", "key", "description", "created_at"]
+
+    def get_inlines(self, request, obj):
+        # A new board gets its five default columns from board_create; members come after.
+        return self.inlines if obj else []
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+    def save_model(self, request, obj, form, change):
+        actor = admin_actor(request)
+        if change:
+            services.board_update(
+                actor=actor,
+                board_id=obj.pk,
+                name=form.cleaned_data["name"],
+                description=form.cleaned_data["description"],
+            )
+        else:
+            created = services.board_create(
+                actor=actor,
+                name=form.cleaned_data["name"],
+                key=form.cleaned_data["key"],
+                description=form.cleaned_data["description"],
+            )
+            obj.pk = created.pk
+            obj.created_at = created.created_at
+
+    def save_formset(self, request, form, formset, change):
+        actor = admin_actor(request)
+        board = form.instance
+        if formset.model is Column:
+            for inline_form in formset.forms:
+                if not inline_form.has_changed():
+                    continue
+                data = inline_form.cleaned_data
+                fields = {
+                    k: data[k] for k in ["name", "stage", "position", "wip_limit", "wip_blocks"]
+                }
+                if inline_form.instance.pk:
+                    services.column_update(actor=actor, column_id=inline_form.instance.pk, **fields)
+                else:
+                    services.column_create(actor=actor, board_id=board.pk, **fields)
+        elif formset.model is Membership:
+            for inline_form in formset.forms:
+                data = getattr(inline_form, "cleaned_data", None) or {}
+                if not data:
+                    continue
+                if data.get("DELETE") and inline_form.instance.pk:
+                    services.membership_remove(
+                        actor=actor, board_id=board.pk, user_id=inline_form.instance.user_id
+                    )
+                elif inline_form.has_changed() and not data.get("DELETE"):
+                    if inline_form.instance.pk and "user" in inline_form.changed_data:
+                        services.membership_remove(
+                            actor=actor,
+                            board_id=board.pk,
+                            user_id=Membership.objects.get(pk=inline_form.instance.pk).user_id,
+                        )
+                    services.membership_set(
+                        actor=actor, board_id=board.pk, user_id=data["user"].pk, role=data["role"]
+                    )
+        else:  # pragma: no cover - no other inlines exist
+            super().save_formset(request, form, formset, change)
+
+
+@admin.register(Label)
+class LabelAdmin(ServiceAdminMixin, admin.ModelAdmin):
+    list_display = ["name", "board", "kind", "colour"]
+    list_filter = ["kind", "board"]
+    search_fields = ["name"]
+    actions = None
+
+    def get_readonly_fields(self, request, obj=None):
+        return ["board"] if obj else []
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+    def save_model(self, request, obj, form, change):
+        actor = admin_actor(request)
+        data = form.cleaned_data
+        if change:
+            services.label_update(
+                actor=actor,
+                label_id=obj.pk,
+                name=data["name"],
+                colour=data["colour"],
+                kind=data["kind"],
+            )
+        else:
+            created = services.label_create(
+                actor=actor,
+                board_id=data["board"].pk,
+                name=data["name"],
+                colour=data["colour"],
+                kind=data["kind"],
+            )
+            obj.pk = created.pk
+
+
+class CommentInline(admin.TabularInline):
+    model = Comment
+    fields = ["author_name", "body", "created_at"]
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(Card)
+class CardAdmin(ServiceAdminMixin, admin.ModelAdmin):
+    list_display = ["ref_display", "title", "column", "archived", "updated_at"]
+    list_filter = ["archived", "board", "column__stage"]
+    search_fields = ["title", "board__key"]
+    list_select_related = ["board", "column"]
+    autocomplete_fields = ["assignees"]
+    filter_horizontal = ["labels"]
+    inlines = [CommentInline]
+    actions = None
+
+    @admin.display(description="Ref", ordering="number")
+    def ref_display(self, card: Card) -> str:
+        return card.ref
+
+    def get_search_results(self, request, queryset, search_term):
+        """Also find a card by its ref, e.g. PAY-42."""
+        queryset, may_have_duplicates = super().get_search_results(request, queryset, search_term)
+        key, _, number = search_term.strip().upper().rpartition("-")
+        if key and number.isdigit():
+            queryset |= self.model.objects.filter(board__key=key, number=int(number))
+        return queryset, may_have_duplicates
+
+    def get_fields(self, request, obj=None):
+        fields = ["board", "column", "title", "description", "due_date", "labels", "assignees"]
+        return [*fields, "archived", "version", "created_at"] if obj else fields
+
+    def get_readonly_fields(self, request, obj=None):
+        return ["board", "version", "created_at"] if obj else []
+
+    def formfield_for_foreignkey(self, db_field, request, **kwargs):
+        if db_field.name == "column":
+            kwargs["queryset"] = Column.objects.select_related("board")
+        return super().formfield_for_foreignkey(db_field, request, **kwargs)
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+    def save_model(self, request, obj, form, change):
+        """Apply the fields through the services; labels and assignees follow in save_related."""
+        actor = admin_actor(request)
+        data = form.cleaned_data
+        if not change:
+            if data["column"].board_id != data["board"].pk:
+                raise ValidationError({"column": "That column belongs to another board."})
+            created = services.card_create(
+                actor=actor,
+                board_id=data["board"].pk,
+                column_id=data["column"].pk,
+                title=data["title"],
+                description=data["description"],
+                due_date=data["due_date"],
+            )
+            obj.pk = created.pk
+            return
+        card = Card.objects.get(pk=obj.pk)
+        card = services.card_update(
+            actor=actor,
+            card_id=card.pk,
+            expected_version=card.version,
+            title=data["title"],
+            description=data["description"],
+            due_date=data["due_date"],
+        )
+        if data["column"].pk != card.column_id:
+            card = services.card_move(
+                actor=actor,
+                card_id=card.pk,
+                to_column_id=data["column"].pk,
+                expected_version=card.version,
+            )
+        if data["archived"] and not card.archived:
+            services.card_archive(actor=actor, card_id=card.pk)
+        elif not data["archived"] and card.archived:
+            services.card_restore(actor=actor, card_id=card.pk)
+
+    def save_related(self, request, form, formsets, change):
+        actor = admin_actor(request)
+        card = Card.objects.get(pk=form.instance.pk)
+        wanted = {label.pk for label in form.cleaned_data["labels"]}
+        current = set(card.labels.values_list("pk", flat=True))
+        for label_id in sorted(wanted - current):
+            services.card_label_add(actor=actor, card_id=card.pk, label_id=label_id)
+        for label_id in sorted(current - wanted):
+            services.card_label_remove(actor=actor, card_id=card.pk, label_id=label_id)
+        services.card_assign(
+            actor=actor, card_id=card.pk, user_ids=[u.pk for u in form.cleaned_data["assignees"]]
+        )

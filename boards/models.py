@@ -1,0 +1,199 @@
+"""The present state of the boards: tables and their constraints, no business logic.
+
+Every write goes through `boards.services`; see DESIGN.md.
+"""
+
+from django.conf import settings
+from django.core.validators import MaxLengthValidator, RegexValidator
+from django.db import models
+from django.db.models.functions import Length
+from django.db.models.lookups import LessThanOrEqual
+
+from boards.ranking import RankField
+
+BOARD_KEY_RE = r"^[A-Z][A-Z0-9]{1,9}$"
+TITLE_MAX_LENGTH = 200
+DESCRIPTION_MAX_LENGTH = 20_000
+
+
+class Stage(models.TextChoices):
+    TODO = "todo", "To Do"
+    IN_PROGRESS = "in_progress", "In Progress"
+    REVIEW = "review", "In Review"
+    STAGING = "staging", "Staging"
+    DEPLOYED = "deployed", "Deployed"
+
+
+# The columns a new board starts with, in pipeline order.
+DEFAULT_COLUMNS: list[tuple[str, Stage]] = [(stage.label, stage) for stage in Stage]
+
+
+class Role(models.TextChoices):
+    VIEWER = "viewer", "Viewer"
+    EDITOR = "editor", "Editor"
+    ADMIN = "admin", "Admin"
+
+    @property
+    def level(self) -> int:
+        return list(Role).index(self)
+
+
+class LabelKind(models.TextChoices):
+    GENERAL = "general", "General"
+    RELEASE = "release", "Release"
+
+
+class Board(models.Model):
+    """A service (Payments, Checkout, ...) and its delivery pipeline."""
+
+    name = models.CharField(max_length=100)
+    key = models.CharField(
+        max_length=10,
+        unique=True,
+        validators=[RegexValidator(BOARD_KEY_RE, "2-10 capital letters or digits, e.g. PAY.")],
+        help_text="Short, permanent prefix of card refs, e.g. PAY for PAY-42.",
+    )
+    description = models.TextField(blank=True, validators=[MaxLengthValidator(5000)])
+    created_at = models.DateTimeField()
+    last_card_number = models.PositiveIntegerField(default=0, editable=False)
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(key__regex=BOARD_KEY_RE), name="board_key_format"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.key})"
+
+
+class Column(models.Model):
+    board = models.ForeignKey(Board, on_delete=models.CASCADE, related_name="columns")
+    name = models.CharField(max_length=50)
+    position = models.PositiveSmallIntegerField()
+    stage = models.CharField(max_length=20, choices=Stage.choices)
+    wip_limit = models.PositiveSmallIntegerField(
+        null=True, blank=True, help_text="Most open cards the column should hold; empty for none."
+    )
+    wip_blocks = models.BooleanField(
+        default=False, help_text="Refuse moves past the WIP limit instead of only warning."
+    )
+
+    class Meta:
+        ordering = ["board", "position", "id"]
+        constraints = [
+            models.UniqueConstraint(fields=["board", "name"], name="column_unique_name"),
+            models.CheckConstraint(
+                condition=models.Q(wip_limit__isnull=True) | models.Q(wip_limit__gt=0),
+                name="column_wip_limit_positive",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.board.key} / {self.name}"
+
+
+class Label(models.Model):
+    """A label on one board. Release labels name a version; boards share them by name."""
+
+    board = models.ForeignKey(Board, on_delete=models.CASCADE, related_name="labels")
+    name = models.CharField(max_length=50)
+    colour = models.CharField(
+        max_length=7,
+        default="#64748b",
+        validators=[RegexValidator(r"^#[0-9a-fA-F]{6}$", "A colour like #1d4ed8.")],
+    )
+    kind = models.CharField(max_length=10, choices=LabelKind.choices, default=LabelKind.GENERAL)
+
+    class Meta:
+        ordering = ["kind", "name"]
+        constraints = [
+            models.UniqueConstraint(fields=["board", "name"], name="label_unique_name"),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Membership(models.Model):
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="memberships"
+    )
+    board = models.ForeignKey(Board, on_delete=models.CASCADE, related_name="memberships")
+    role = models.CharField(max_length=10, choices=Role.choices, default=Role.EDITOR)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["user", "board"], name="membership_unique"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.user} is {self.role} of {self.board.key}"
+
+
+class Card(models.Model):
+    """A work item. Archived, never deleted; its ref is `<board key>-<number>`."""
+
+    board = models.ForeignKey(Board, on_delete=models.PROTECT, related_name="cards")
+    column = models.ForeignKey(Column, on_delete=models.PROTECT, related_name="cards")
+    number = models.PositiveIntegerField()
+    title = models.CharField(max_length=TITLE_MAX_LENGTH)
+    description = models.TextField(
+        blank=True, validators=[MaxLengthValidator(DESCRIPTION_MAX_LENGTH)]
+    )
+    due_date = models.DateField(null=True, blank=True)
+    rank = RankField()
+    version = models.PositiveIntegerField(default=1)
+    archived = models.BooleanField(default=False)
+    labels = models.ManyToManyField(Label, blank=True, related_name="cards")
+    assignees = models.ManyToManyField(
+        settings.AUTH_USER_MODEL, blank=True, related_name="assigned_cards"
+    )
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField()
+    updated_at = models.DateTimeField()
+
+    class Meta:
+        ordering = ["column__position", "rank"]
+        constraints = [
+            models.UniqueConstraint(fields=["board", "number"], name="card_unique_number"),
+            # Invariant 4: within a column, open cards are strictly ordered.
+            models.UniqueConstraint(
+                fields=["column", "rank"],
+                condition=models.Q(archived=False),
+                name="card_unique_rank_in_column",
+            ),
+            models.CheckConstraint(condition=~models.Q(title=""), name="card_title_not_empty"),
+            models.CheckConstraint(
+                condition=LessThanOrEqual(Length("title"), TITLE_MAX_LENGTH),
+                name="card_title_length",
+            ),
+        ]
+        indexes = [models.Index(fields=["board", "archived"], name="card_board_open")]
+
+    def __str__(self) -> str:
+        return f"{self.ref} {self.title}"
+
+    @property
+    def ref(self) -> str:
+        return f"{self.board.key}-{self.number}"
+
+
+class Comment(models.Model):
+    card = models.ForeignKey(Card, on_delete=models.PROTECT, related_name="comments")
+    author = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    author_name = models.CharField(max_length=150)
+    body = models.TextField(validators=[MaxLengthValidator(10_000)])
+    created_at = models.DateTimeField()
+
+    class Meta:
+        ordering = ["created_at", "id"]
+
+    def __str__(self) -> str:
+        return f"Comment by {self.author_name} on {self.card_id}"

@@ -1,0 +1,775 @@
+"""Every write to the boards: one transaction each, each recording exactly one event.
+
+A service checks the actor's role first, locks what it changes, validates its input and then
+writes; anything it refuses raises before a row is touched (`boards.errors`, or Django's
+`ValidationError` for bad input). A call that changes nothing writes nothing and no event.
+"""
+
+import datetime
+from collections.abc import Iterable
+from typing import Any
+
+from django.contrib.auth import get_user_model
+from django.core.exceptions import ValidationError
+from django.db import transaction
+
+from activity import clock, log
+from activity.log import Actor
+from boards.errors import ConflictError, ForbiddenError, NotFoundError, WipLimitError
+from boards.models import (
+    DEFAULT_COLUMNS,
+    Board,
+    Card,
+    Column,
+    Comment,
+    Label,
+    LabelKind,
+    Membership,
+    Role,
+    Stage,
+)
+from boards.permissions import role_require
+from boards.ranking import rank_between, rank_needs_rebalance, ranks_spread
+
+User = get_user_model()
+
+# ---------------------------------------------------------------------------------------------
+# Input cleaning: the rules live here so the browser, API and admin agree.
+
+
+def _clean_text(value: str, *, field: str, max_length: int, required: bool = True) -> str:
+    if not isinstance(value, str):
+        raise ValidationError({field: "Must be text."})
+    value = value.replace("\x00", "").strip()
+    if required and not value:
+        raise ValidationError({field: "This field cannot be empty."})
+    if len(value) > max_length:
+        raise ValidationError({field: f"At most {max_length} characters (this has {len(value)})."})
+    return value
+
+
+def _clean_choice(value: str, *, field: str, choices: type[Stage] | type[Role] | type[LabelKind]):
+    try:
+        return choices(value)
+    except ValueError:
+        allowed = ", ".join(choices.values)
+        raise ValidationError({field: f"Must be one of: {allowed}."}) from None
+
+
+def _clean_wip_limit(value: int | None) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= 10_000:
+        raise ValidationError({"wip_limit": "A WIP limit is a whole number from 1 to 10000."})
+    return value
+
+
+def _clean_due_date(value: datetime.date | None) -> datetime.date | None:
+    if value is None:
+        return None
+    if isinstance(value, datetime.datetime) or not isinstance(value, datetime.date):
+        raise ValidationError({"due_date": "Must be a date."})
+    return value
+
+
+# ---------------------------------------------------------------------------------------------
+# Snapshots: what an event carries so the change can be replayed without the present tables.
+
+
+def column_snapshot(column: Column) -> dict[str, Any]:
+    return {
+        "id": column.pk,
+        "name": column.name,
+        "position": column.position,
+        "stage": column.stage,
+        "wip_limit": column.wip_limit,
+        "wip_blocks": column.wip_blocks,
+    }
+
+
+def card_place(card: Card) -> dict[str, Any]:
+    return {
+        "column_id": card.column_id,
+        "column": card.column.name,
+        "stage": card.column.stage,
+        "rank": card.rank,
+    }
+
+
+def card_snapshot(card: Card) -> dict[str, Any]:
+    return {
+        "id": card.pk,
+        "ref": card.ref,
+        "number": card.number,
+        "title": card.title,
+        "description": card.description,
+        "due_date": card.due_date.isoformat() if card.due_date else None,
+        "version": card.version,
+        "archived": card.archived,
+        **card_place(card),
+    }
+
+
+def label_snapshot(label: Label) -> dict[str, Any]:
+    return {"id": label.pk, "name": label.name, "colour": label.colour, "kind": label.kind}
+
+
+# ---------------------------------------------------------------------------------------------
+# Boards and columns
+
+
+@transaction.atomic
+def board_create(
+    *,
+    actor: Actor,
+    name: str,
+    key: str,
+    description: str = "",
+    columns: Iterable[tuple[str, Stage]] = DEFAULT_COLUMNS,
+) -> Board:
+    """Create a board with its pipeline columns; the creator becomes its admin. One event."""
+    if actor.user is None or not actor.user.is_authenticated:
+        raise ForbiddenError("Only a signed-in user can create a board.")
+    name = _clean_text(name, field="name", max_length=100)
+    key = _clean_text(key, field="key", max_length=10).upper()
+    description = _clean_text(description, field="description", max_length=5000, required=False)
+    board = Board(name=name, key=key, description=description, created_at=clock.now())
+    board.full_clean(validate_unique=False, validate_constraints=False)
+    if Board.objects.filter(key=key).exists():
+        raise ValidationError({"key": f"The key {key} is taken."})
+    board.save()
+    created = [
+        Column.objects.create(board=board, name=col_name, position=position, stage=stage)
+        for position, (col_name, stage) in enumerate(columns)
+    ]
+    member = Membership.objects.create(board=board, user=actor.user, role=Role.ADMIN)
+    log.record(
+        actor=actor,
+        board=board,
+        kind="board.created",
+        payload={
+            "board": {"id": board.pk, "name": name, "key": key, "description": description},
+            "columns": [column_snapshot(c) for c in created],
+            "membership": {"user_id": member.user_id, "role": member.role},
+        },
+    )
+    return board
+
+
+@transaction.atomic
+def board_update(
+    *, actor: Actor, board_id: int, name: str | None = None, description: str | None = None
+) -> Board:
+    """Rename or describe a board (board admins). One event, none if nothing changed."""
+    board = _board_locked(board_id)
+    role_require(actor=actor, board=board, at_least=Role.ADMIN)
+    changes: dict[str, dict[str, Any]] = {}
+    if name is not None:
+        name = _clean_text(name, field="name", max_length=100)
+        if name != board.name:
+            changes["name"] = {"old": board.name, "new": name}
+            board.name = name
+    if description is not None:
+        description = _clean_text(description, field="description", max_length=5000, required=False)
+        if description != board.description:
+            changes["description"] = {"old": board.description, "new": description}
+            board.description = description
+    if changes:
+        board.save(update_fields=list(changes))
+        log.record(actor=actor, board=board, kind="board.updated", payload={"changes": changes})
+    return board
+
+
+@transaction.atomic
+def column_create(
+    *,
+    actor: Actor,
+    board_id: int,
+    name: str,
+    stage: str,
+    position: int | None = None,
+    wip_limit: int | None = None,
+    wip_blocks: bool = False,
+) -> Column:
+    """Add a column (board admins), at `position` or at the end. One event."""
+    board = _board_locked(board_id)
+    role_require(actor=actor, board=board, at_least=Role.ADMIN)
+    name = _clean_text(name, field="name", max_length=50)
+    stage = _clean_choice(stage, field="stage", choices=Stage)
+    wip_limit = _clean_wip_limit(wip_limit)
+    if board.columns.filter(name=name).exists():
+        raise ValidationError({"name": f"{board.key} already has a column named {name}."})
+    if position is None:
+        last = board.columns.order_by("-position").values_list("position", flat=True).first()
+        position = 0 if last is None else last + 1
+    elif not isinstance(position, int) or not 0 <= position <= 1000:
+        raise ValidationError({"position": "A position is a whole number from 0 to 1000."})
+    column = Column.objects.create(
+        board=board,
+        name=name,
+        stage=stage,
+        position=position,
+        wip_limit=wip_limit,
+        wip_blocks=bool(wip_blocks),
+    )
+    log.record(
+        actor=actor, board=board, kind="column.created", payload={"column": column_snapshot(column)}
+    )
+    return column
+
+
+_UNSET: Any = object()
+
+
+@transaction.atomic
+def column_update(
+    *,
+    actor: Actor,
+    column_id: int,
+    name: str = _UNSET,
+    stage: str = _UNSET,
+    position: int = _UNSET,
+    wip_limit: int | None = _UNSET,
+    wip_blocks: bool = _UNSET,
+) -> Column:
+    """Change a column's name, stage, position or WIP limit (board admins). One event."""
+    column = _get_or_404(Column.objects.select_for_update().select_related("board"), column_id)
+    board = column.board
+    role_require(actor=actor, board=board, at_least=Role.ADMIN)
+    wanted: dict[str, Any] = {}
+    if name is not _UNSET:
+        wanted["name"] = _clean_text(name, field="name", max_length=50)
+        clash = board.columns.filter(name=wanted["name"]).exclude(pk=column.pk).exists()
+        if clash:
+            raise ValidationError({"name": f"{board.key} already has a column named {name}."})
+    if stage is not _UNSET:
+        wanted["stage"] = _clean_choice(stage, field="stage", choices=Stage).value
+    if position is not _UNSET:
+        if isinstance(position, bool) or not isinstance(position, int) or not 0 <= position <= 1000:
+            raise ValidationError({"position": "A position is a whole number from 0 to 1000."})
+        wanted["position"] = position
+    if wip_limit is not _UNSET:
+        wanted["wip_limit"] = _clean_wip_limit(wip_limit)
+    if wip_blocks is not _UNSET:
+        wanted["wip_blocks"] = bool(wip_blocks)
+    changes = {
+        field: {"old": getattr(column, field), "new": value}
+        for field, value in wanted.items()
+        if getattr(column, field) != value
+    }
+    if changes:
+        for field, change in changes.items():
+            setattr(column, field, change["new"])
+        column.save(update_fields=list(changes))
+        log.record(
+            actor=actor,
+            board=board,
+            kind="column.updated",
+            payload={"column_id": column.pk, "changes": changes},
+        )
+    return column
+
+
+# ---------------------------------------------------------------------------------------------
+# Members and labels
+
+
+@transaction.atomic
+def membership_set(*, actor: Actor, board_id: int, user_id: int, role: str) -> Membership:
+    """Give a user a role on a board, or change it (board admins). One event."""
+    board = _board_locked(board_id)
+    role_require(actor=actor, board=board, at_least=Role.ADMIN)
+    role = _clean_choice(role, field="role", choices=Role)
+    user = User.objects.filter(pk=user_id, is_active=True).first()
+    if user is None:
+        raise ValidationError({"user": "No active user with that id."})
+    membership = Membership.objects.filter(board=board, user=user).first()
+    old_role = membership.role if membership else None
+    if old_role == role:
+        return membership
+    if membership is None:
+        membership = Membership.objects.create(board=board, user=user, role=role)
+    else:
+        membership.role = role
+        membership.save(update_fields=["role"])
+    log.record(
+        actor=actor,
+        board=board,
+        kind="membership.set",
+        payload={"user_id": user.pk, "username": user.get_username(), "old": old_role, "new": role},
+    )
+    return membership
+
+
+@transaction.atomic
+def membership_remove(*, actor: Actor, board_id: int, user_id: int) -> None:
+    """Take a user off a board (board admins); the last admin cannot leave. One event."""
+    board = _board_locked(board_id)
+    role_require(actor=actor, board=board, at_least=Role.ADMIN)
+    membership = Membership.objects.filter(board=board, user_id=user_id).first()
+    if membership is None:
+        return
+    if (
+        membership.role == Role.ADMIN
+        and not board.memberships.filter(role=Role.ADMIN).exclude(pk=membership.pk).exists()
+    ):
+        raise ValidationError({"user": "A board keeps at least one admin."})
+    username = membership.user.get_username()
+    membership.delete()
+    log.record(
+        actor=actor,
+        board=board,
+        kind="membership.removed",
+        payload={"user_id": user_id, "username": username, "old": membership.role},
+    )
+
+
+@transaction.atomic
+def label_create(
+    *, actor: Actor, board_id: int, name: str, colour: str = "#64748b", kind: str = "general"
+) -> Label:
+    """Add a label to a board (editors). Release labels name a version. One event."""
+    board = _board_locked(board_id)
+    role_require(actor=actor, board=board, at_least=Role.EDITOR)
+    name = _clean_text(name, field="name", max_length=50)
+    kind = _clean_choice(kind, field="kind", choices=LabelKind)
+    label = Label(board=board, name=name, colour=colour, kind=kind)
+    label.full_clean(exclude=["board"], validate_unique=False, validate_constraints=False)
+    if board.labels.filter(name=name).exists():
+        raise ValidationError({"name": f"{board.key} already has a label named {name}."})
+    label.save()
+    log.record(
+        actor=actor, board=board, kind="label.created", payload={"label": label_snapshot(label)}
+    )
+    return label
+
+
+@transaction.atomic
+def label_update(
+    *, actor: Actor, label_id: int, name: str = _UNSET, colour: str = _UNSET, kind: str = _UNSET
+) -> Label:
+    """Rename, recolour or re-kind a label (editors). One event, none if nothing changed."""
+    label = _get_or_404(Label.objects.select_for_update().select_related("board"), label_id)
+    role_require(actor=actor, board=label.board, at_least=Role.EDITOR)
+    before = label_snapshot(label)
+    if name is not _UNSET:
+        label.name = _clean_text(name, field="name", max_length=50)
+        if label.board.labels.filter(name=label.name).exclude(pk=label.pk).exists():
+            raise ValidationError({"name": f"{label.board.key} already has that label."})
+    if colour is not _UNSET:
+        label.colour = colour
+    if kind is not _UNSET:
+        label.kind = _clean_choice(kind, field="kind", choices=LabelKind).value
+    label.full_clean(exclude=["board"], validate_unique=False, validate_constraints=False)
+    after = label_snapshot(label)
+    if after != before:
+        label.save()
+        log.record(
+            actor=actor,
+            board=label.board,
+            kind="label.updated",
+            payload={"old": before, "new": after},
+        )
+    return label
+
+
+def label_get_or_create(
+    *, actor: Actor, board_id: int, name: str, kind: str = "general", colour: str = "#64748b"
+) -> Label:
+    """The board's label of that name, created (one event) when missing."""
+    label = Label.objects.filter(board_id=board_id, name=name.strip()).first()
+    if label is not None:
+        return label
+    return label_create(actor=actor, board_id=board_id, name=name, kind=kind, colour=colour)
+
+
+# ---------------------------------------------------------------------------------------------
+# Cards
+
+
+@transaction.atomic
+def card_create(
+    *,
+    actor: Actor,
+    board_id: int,
+    title: str,
+    column_id: int | None = None,
+    description: str = "",
+    due_date: datetime.date | None = None,
+) -> Card:
+    """Create a card at the bottom of `column_id` (default: the first To Do column). One event."""
+    board = _board_locked(board_id)
+    role_require(actor=actor, board=board, at_least=Role.EDITOR)
+    title = _clean_text(title, field="title", max_length=200)
+    description = _clean_text(description, field="description", max_length=20_000, required=False)
+    due_date = _clean_due_date(due_date)
+    columns = Column.objects.select_for_update().filter(board=board)
+    if column_id is None:
+        column = columns.filter(stage=Stage.TODO).first() or columns.first()
+    else:
+        column = columns.filter(pk=column_id).first()
+    if column is None:
+        raise ValidationError({"column": f"{board.key} has no such column."})
+    _wip_check(column=column)
+    last = _open_cards(column).order_by("-rank").values_list("rank", flat=True).first()
+    now = clock.now()
+    board.last_card_number += 1
+    board.save(update_fields=["last_card_number"])
+    card = Card.objects.create(
+        board=board,
+        column=column,
+        number=board.last_card_number,
+        title=title,
+        description=description,
+        due_date=due_date,
+        rank=rank_between(before=last, after=None),
+        created_by=actor.user if actor.user and actor.user.is_authenticated else None,
+        created_at=now,
+        updated_at=now,
+    )
+    log.record(
+        actor=actor,
+        board=board,
+        card=card,
+        kind="card.created",
+        payload={"card": card_snapshot(card)},
+    )
+    return card
+
+
+@transaction.atomic
+def card_update(
+    *,
+    actor: Actor,
+    card_id: int,
+    expected_version: int,
+    title: str = _UNSET,
+    description: str = _UNSET,
+    due_date: datetime.date | None = _UNSET,
+) -> Card:
+    """Edit a card's title, description or due date; ConflictError if stale. One event."""
+    card = _card_locked(card_id)
+    role_require(actor=actor, board=card.board, at_least=Role.EDITOR)
+    _version_check(card=card, expected_version=expected_version)
+    wanted: dict[str, Any] = {}
+    if title is not _UNSET:
+        wanted["title"] = _clean_text(title, field="title", max_length=200)
+    if description is not _UNSET:
+        wanted["description"] = _clean_text(
+            description, field="description", max_length=20_000, required=False
+        )
+    if due_date is not _UNSET:
+        wanted["due_date"] = _clean_due_date(due_date)
+    changes = {
+        field: {"old": _jsonable(getattr(card, field)), "new": _jsonable(value)}
+        for field, value in wanted.items()
+        if getattr(card, field) != value
+    }
+    if not changes:
+        return card
+    for field, value in wanted.items():
+        setattr(card, field, value)
+    _bump(card, *wanted)
+    log.record(
+        actor=actor,
+        board=card.board,
+        card=card,
+        kind="card.updated",
+        payload={"ref": card.ref, "changes": changes, "version": card.version},
+    )
+    return card
+
+
+@transaction.atomic
+def card_move(
+    *,
+    actor: Actor,
+    card_id: int,
+    to_column_id: int,
+    expected_version: int,
+    after_id: int | None = None,
+    before_id: int | None = None,
+) -> Card:
+    """Move a card after `after_id` (or before `before_id`, or to the top) of `to_column_id`.
+
+    Writes the card row only (a rare rebalance of a crowded gap rewrites its column) and one
+    event; ConflictError if the caller's version is stale, WipLimitError if a blocking column
+    is full. Moving a card to where it already is changes nothing and writes no event.
+    """
+    # Lock the target column first, then the card: a rebalance holds its column and then
+    # rewrites that column's cards, so this order cannot deadlock with it.
+    to_column = Column.objects.select_for_update().filter(pk=to_column_id).first()
+    card = _card_locked(card_id)
+    role_require(actor=actor, board=card.board, at_least=Role.EDITOR)
+    if to_column is None or to_column.board_id != card.board_id:
+        raise ValidationError({"to_column": f"{card.board.key} has no such column."})
+    _version_check(card=card, expected_version=expected_version)
+    if card.archived:
+        raise ValidationError({"card": f"{card.ref} is archived; restore it first."})
+    if to_column.pk != card.column_id:
+        _wip_check(column=to_column)
+    lower, upper = _neighbour_ranks(
+        column=to_column, moving=card, after_id=after_id, before_id=before_id
+    )
+    if (
+        card.column_id == to_column.pk
+        and (lower is None or lower < card.rank)
+        and (upper is None or card.rank < upper)
+    ):
+        return card
+    before = card_place(card)
+    card.column = to_column
+    card.rank = rank_between(before=lower, after=upper)
+    rebalanced = _rebalance_if_crowded(card=card)
+    _bump(card, "column", "rank")
+    payload: dict[str, Any] = {
+        "ref": card.ref,
+        "from": before,
+        "to": card_place(card),
+        "version": card.version,
+    }
+    if rebalanced:
+        payload["rebalanced"] = rebalanced
+    log.record(actor=actor, board=card.board, card=card, kind="card.moved", payload=payload)
+    return card
+
+
+@transaction.atomic
+def card_archive(*, actor: Actor, card_id: int, expected_version: int | None = None) -> Card:
+    """Archive a card (it leaves the board, and is never deleted). One event."""
+    card = _card_locked(card_id)
+    role_require(actor=actor, board=card.board, at_least=Role.EDITOR)
+    if expected_version is not None:
+        _version_check(card=card, expected_version=expected_version)
+    if card.archived:
+        return card
+    card.archived = True
+    _bump(card, "archived")
+    log.record(
+        actor=actor,
+        board=card.board,
+        card=card,
+        kind="card.archived",
+        payload={"ref": card.ref, "version": card.version, **card_place(card)},
+    )
+    return card
+
+
+@transaction.atomic
+def card_restore(*, actor: Actor, card_id: int, expected_version: int | None = None) -> Card:
+    """Bring an archived card back, at the bottom of its column. One event."""
+    column_id = Card.objects.filter(pk=card_id).values_list("column_id", flat=True).first()
+    if column_id is not None:
+        Column.objects.select_for_update().filter(pk=column_id).first()
+    card = _card_locked(card_id)
+    role_require(actor=actor, board=card.board, at_least=Role.EDITOR)
+    if expected_version is not None:
+        _version_check(card=card, expected_version=expected_version)
+    if not card.archived:
+        return card
+    last = _open_cards(card.column).order_by("-rank").values_list("rank", flat=True).first()
+    card.archived = False
+    card.rank = rank_between(before=last, after=None)
+    _bump(card, "archived", "rank")
+    log.record(
+        actor=actor,
+        board=card.board,
+        card=card,
+        kind="card.restored",
+        payload={"ref": card.ref, "version": card.version, **card_place(card)},
+    )
+    return card
+
+
+@transaction.atomic
+def card_label_add(*, actor: Actor, card_id: int, label_id: int) -> Card:
+    """Put a label of the card's board on the card. One event, none if already there."""
+    card = _card_locked(card_id)
+    role_require(actor=actor, board=card.board, at_least=Role.EDITOR)
+    label = Label.objects.filter(pk=label_id, board_id=card.board_id).first()
+    if label is None:
+        raise ValidationError({"label": f"{card.board.key} has no such label."})
+    if card.labels.filter(pk=label.pk).exists():
+        return card
+    card.labels.add(label)
+    _bump(card)
+    log.record(
+        actor=actor,
+        board=card.board,
+        card=card,
+        kind="card.labelled",
+        payload={"ref": card.ref, "label": label_snapshot(label), "version": card.version},
+    )
+    return card
+
+
+@transaction.atomic
+def card_label_remove(*, actor: Actor, card_id: int, label_id: int) -> Card:
+    """Take a label off a card. One event, none if it was not there."""
+    card = _card_locked(card_id)
+    role_require(actor=actor, board=card.board, at_least=Role.EDITOR)
+    label = card.labels.filter(pk=label_id).first()
+    if label is None:
+        return card
+    card.labels.remove(label)
+    _bump(card)
+    log.record(
+        actor=actor,
+        board=card.board,
+        card=card,
+        kind="card.unlabelled",
+        payload={"ref": card.ref, "label": label_snapshot(label), "version": card.version},
+    )
+    return card
+
+
+@transaction.atomic
+def card_assign(*, actor: Actor, card_id: int, user_ids: Iterable[int]) -> Card:
+    """Set who works on a card; every assignee must be a member of its board. One event."""
+    card = _card_locked(card_id)
+    role_require(actor=actor, board=card.board, at_least=Role.EDITOR)
+    wanted = set(user_ids)
+    eligible = set(
+        User.objects.filter(pk__in=wanted, is_active=True)
+        .filter(memberships__board=card.board)
+        .values_list("pk", flat=True)
+    ) | set(
+        User.objects.filter(pk__in=wanted, is_active=True, is_staff=True).values_list(
+            "pk", flat=True
+        )
+    )
+    if wanted - eligible:
+        raise ValidationError({"assignees": "Assignees must be members of the board."})
+    current = set(card.assignees.values_list("pk", flat=True))
+    if wanted == current:
+        return card
+    card.assignees.set(wanted)
+    _bump(card)
+    names = dict(User.objects.filter(pk__in=wanted | current).values_list("pk", "username"))
+    log.record(
+        actor=actor,
+        board=card.board,
+        card=card,
+        kind="card.assigned",
+        payload={
+            "ref": card.ref,
+            "old": sorted(current),
+            "new": sorted(wanted),
+            "names": {str(pk): name for pk, name in names.items()},
+            "version": card.version,
+        },
+    )
+    return card
+
+
+@transaction.atomic
+def comment_add(*, actor: Actor, card_id: int, body: str) -> Comment:
+    """Comment on a card (editors). One event."""
+    card = _card_locked(card_id)
+    role_require(actor=actor, board=card.board, at_least=Role.EDITOR)
+    body = _clean_text(body, field="body", max_length=10_000)
+    comment = Comment.objects.create(
+        card=card,
+        author=actor.user if actor.user and actor.user.is_authenticated else None,
+        author_name=actor.display_name,
+        body=body,
+        created_at=clock.now(),
+    )
+    log.record(
+        actor=actor,
+        board=card.board,
+        card=card,
+        kind="comment.added",
+        payload={"ref": card.ref, "comment_id": comment.pk, "body": body},
+    )
+    return comment
+
+
+# ---------------------------------------------------------------------------------------------
+# Helpers
+
+
+def _get_or_404(queryset, pk: int):
+    try:
+        return queryset.get(pk=pk)
+    except (queryset.model.DoesNotExist, ValueError, TypeError):
+        raise NotFoundError(
+            f"{queryset.model._meta.verbose_name.capitalize()} not found."
+        ) from None
+
+
+def _board_locked(board_id: int) -> Board:
+    return _get_or_404(Board.objects.select_for_update(), board_id)
+
+
+def _card_locked(card_id: int) -> Card:
+    return _get_or_404(
+        Card.objects.select_for_update(of=("self",)).select_related("board", "column"), card_id
+    )
+
+
+def _open_cards(column: Column):
+    return Card.objects.filter(column=column, archived=False)
+
+
+def _version_check(*, card: Card, expected_version: int) -> None:
+    if isinstance(expected_version, bool) or not isinstance(expected_version, int):
+        raise ValidationError({"expected_version": "The card version you saw is required."})
+    if card.version != expected_version:
+        raise ConflictError(card=card)
+
+
+def _wip_check(*, column: Column) -> None:
+    blocks = column.wip_blocks and column.wip_limit is not None
+    if blocks and _open_cards(column).count() >= column.wip_limit:
+        raise WipLimitError(column=column)
+
+
+def _bump(card: Card, *fields: str) -> None:
+    card.version += 1
+    card.updated_at = clock.now()
+    card.save(update_fields=[*fields, "version", "updated_at"])
+
+
+def _jsonable(value: Any) -> Any:
+    return value.isoformat() if isinstance(value, datetime.date) else value
+
+
+def _neighbour_ranks(
+    *, column: Column, moving: Card, after_id: int | None, before_id: int | None
+) -> tuple[str | None, str | None]:
+    """The ranks the moved card must fall between, read under the column's lock."""
+    others = (
+        _open_cards(column).exclude(pk=moving.pk).order_by("rank").values_list("rank", flat=True)
+    )
+    if after_id is not None:
+        lower = others.filter(pk=after_id).first()
+        if lower is None:
+            raise ValidationError({"after": "That neighbour is not an open card of the column."})
+        return lower, others.filter(rank__gt=lower).first()
+    if before_id is not None:
+        upper = others.filter(pk=before_id).first()
+        if upper is None:
+            raise ValidationError({"before": "That neighbour is not an open card of the column."})
+        return others.filter(rank__lt=upper).order_by("-rank").first(), upper
+    return None, others.first()
+
+
+def _rebalance_if_crowded(*, card: Card) -> dict[str, str]:
+    """Re-spread the column's ranks when the new key got long; {card id: new rank} or {}."""
+    if not rank_needs_rebalance(card.rank):
+        return {}
+    others = list(_open_cards(card.column).exclude(pk=card.pk).order_by("rank"))
+    position = sum(1 for other in others if other.rank < card.rank)
+    ordered = [*others[:position], card, *others[position:]]
+    fresh = ranks_spread(count=len(ordered))
+    # Two passes so no intermediate state breaks the unique (column, rank) constraint:
+    # "~" sorts after every base-62 digit and appears in no real key.
+    for item, rank in zip(ordered, fresh, strict=True):
+        item.rank = "~" + rank
+    Card.objects.bulk_update(ordered, ["rank"])
+    for other in others:
+        other.rank = other.rank[1:]
+    Card.objects.bulk_update(others, ["rank"])
+    card.rank = fresh[position]
+    return {str(other.pk): other.rank for other in others}

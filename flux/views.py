@@ -1,0 +1,52 @@
+"""Project-level endpoints: health."""
+
+import time
+
+from django.conf import settings
+from django.contrib.auth.decorators import login_not_required
+from django.db import connection
+from django.http import HttpRequest, JsonResponse
+from django.views.decorators.cache import never_cache
+from django.views.decorators.http import require_GET
+
+
+def _probe(check) -> dict:
+    started = time.perf_counter()
+    try:
+        check()
+    except Exception as exc:  # a health check reports every failure, whatever it is
+        return {"ok": False, "error": f"{type(exc).__name__}: {exc}"[:300]}
+    return {"ok": True, "ms": round((time.perf_counter() - started) * 1000, 1)}
+
+
+def _database() -> None:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT 1")
+
+
+def _redis() -> None:
+    import redis
+
+    client = redis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=1, socket_timeout=1)
+    try:
+        client.ping()
+    finally:
+        client.close()
+
+
+@login_not_required
+@never_cache
+@require_GET
+def healthz(request: HttpRequest) -> JsonResponse:
+    """JSON state of the database and Redis; 503 when the database is unreachable."""
+    database = {"engine": connection.vendor, **_probe(_database)}
+    redis_state = {"configured": bool(settings.REDIS_URL)}
+    if settings.REDIS_URL:
+        redis_state |= _probe(_redis)
+    healthy = database["ok"]
+    degraded = settings.REDIS_URL and not redis_state.get("ok")
+    status = "ok" if healthy and not degraded else ("degraded" if healthy else "unavailable")
+    return JsonResponse(
+        {"status": status, "database": database, "redis": redis_state},
+        status=200 if healthy else 503,
+    )
