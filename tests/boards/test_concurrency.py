@@ -1,0 +1,165 @@
+"""Invariant 4 under real concurrency: threads with their own PostgreSQL connections."""
+
+import random
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from django.db import connection
+
+from activity.models import Event
+from boards import services
+from boards.errors import ConflictError
+from boards.models import Card
+from tests.conftest import as_actor, column, make_card
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def in_thread(work):
+    """Run `work` on a fresh connection, closed afterwards, like a separate web process."""
+
+    def run(*args):
+        try:
+            return work(*args)
+        finally:
+            connection.close()
+
+    return run
+
+
+def assert_strict_order(board):
+    for col in board.columns.all():
+        ranks = list(
+            Card.objects.filter(column=col, archived=False)
+            .order_by("rank")
+            .values_list("rank", flat=True)
+        )
+        assert len(ranks) == len(set(ranks)), f"duplicate rank in {col.name}"
+        assert ranks == sorted(ranks)
+
+
+def test_many_threads_moving_cards_of_one_column_lose_and_duplicate_nothing(board, bob):
+    cards = [make_card(board, title=f"card {i}") for i in range(24)]
+    targets = [column(board, name).pk for name in ("To Do", "In Review", "Staging")]
+    rng = random.Random(7)
+    plans = [
+        (card.pk, rng.choice(targets), rng.choice([None, *[c.pk for c in cards]]))
+        for card in cards
+        for _ in range(3)
+    ]
+    barrier = threading.Barrier(8)
+
+    @in_thread
+    def mover(chunk):
+        barrier.wait()
+        done = 0
+        for card_id, to_column_id, after_id in chunk:
+            for _attempt in range(20):
+                current = Card.objects.get(pk=card_id)
+                after = after_id
+                if after is not None:
+                    neighbour = Card.objects.get(pk=after)
+                    if neighbour.column_id != to_column_id or after == card_id:
+                        after = None
+                try:
+                    services.card_move(
+                        actor=as_actor(bob),
+                        card_id=card_id,
+                        to_column_id=to_column_id,
+                        expected_version=current.version,
+                        after_id=after,
+                    )
+                except ConflictError:
+                    continue
+                except Exception as error:  # a neighbour moved away meanwhile: plan again
+                    if "neighbour" in str(error):
+                        continue
+                    raise
+                done += 1
+                break
+        return done
+
+    chunks = [plans[i::8] for i in range(8)]
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(mover, chunks))
+
+    assert Card.objects.filter(board=board).count() == 24
+    assert Card.objects.filter(board=board, archived=False).count() == 24
+    assert_strict_order(board)
+    moves = Event.objects.filter(board=board, kind="card.moved")
+    versions = sum(c.version - 1 for c in Card.objects.filter(board=board))
+    assert moves.count() == versions  # one event for every move that changed a card
+    for card in Card.objects.filter(board=board):
+        last = moves.filter(card=card).order_by("-id").first()
+        if last is not None:
+            assert last.payload["to"]["column_id"] == card.column_id
+            assert last.payload["to"]["rank"] == card.rank
+
+
+def test_the_same_card_moved_at_once_succeeds_once_and_conflicts_for_the_rest(board, bob):
+    card = make_card(board, title="contested")
+    for i in range(5):
+        make_card(board, title=f"filler {i}")
+    destinations = [column(board, n).pk for n in ("In Progress", "In Review", "Staging")] * 3
+    barrier = threading.Barrier(len(destinations))
+    seen_version = card.version
+
+    @in_thread
+    def attempt(to_column_id):
+        barrier.wait()
+        try:
+            services.card_move(
+                actor=as_actor(bob),
+                card_id=card.pk,
+                to_column_id=to_column_id,
+                expected_version=seen_version,
+            )
+        except ConflictError:
+            return "conflict"
+        return "moved"
+
+    with ThreadPoolExecutor(len(destinations)) as pool:
+        outcomes = list(pool.map(attempt, destinations))
+
+    assert outcomes.count("moved") == 1
+    assert outcomes.count("conflict") == len(destinations) - 1
+    card.refresh_from_db()
+    assert card.version == seen_version + 1
+    assert Event.objects.filter(card=card, kind="card.moved").count() == 1
+    assert_strict_order(board)
+
+
+def test_concurrent_inserts_into_one_gap_all_land_in_strict_order(board, bob):
+    anchor = make_card(board, title="anchor")
+    tail = make_card(board, title="tail")
+    newcomers = [make_card(board, title=f"new {i}", column_name="In Progress") for i in range(16)]
+    barrier = threading.Barrier(8)
+    todo = column(board, "To Do").pk
+
+    @in_thread
+    def insert(chunk):
+        barrier.wait()
+        for card in chunk:
+            services.card_move(
+                actor=as_actor(bob),
+                card_id=card.pk,
+                to_column_id=todo,
+                expected_version=card.version,
+                after_id=anchor.pk,
+            )
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(insert, [newcomers[i::8] for i in range(8)]))
+
+    titles = list(
+        Card.objects.filter(column_id=todo, archived=False)
+        .order_by("rank")
+        .values_list("title", flat=True)
+    )
+    assert titles[0] == "anchor"
+    assert titles[-1] == "tail"
+    assert sorted(titles[1:-1]) == sorted(c.title for c in newcomers)
+    assert Event.objects.filter(board=board, kind="card.moved").count() == 16
+    assert_strict_order(board)
+    assert tail.pk
