@@ -199,7 +199,7 @@ def test_a_title_of_exactly_200_characters_is_accepted(seeded, bob):
 
 
 def test_moving_to_an_unknown_column_or_one_of_another_board_is_refused(seeded, alice, bob):
-    board, card = seeded
+    _board, card = seeded
     other = services.board_create(actor=as_actor(alice), name="Checkout", key="CHK")
     before = snapshot_state()
     for to_column_id in (999_999, column(other, "Staging").pk):
@@ -387,7 +387,7 @@ def test_archived_cards_leave_the_board_and_come_back_at_the_bottom(seeded, bob)
 
 
 def test_assignees_must_be_members(seeded, bob, mallory):
-    board, card = seeded
+    _board, card = seeded
     with pytest.raises(ValidationError):
         services.card_assign(actor=as_actor(bob), card_id=card.pk, user_ids=[mallory.pk])
     services.card_assign(actor=as_actor(bob), card_id=card.pk, user_ids=[bob.pk])
@@ -395,7 +395,7 @@ def test_assignees_must_be_members(seeded, bob, mallory):
 
 
 def test_labels_of_another_board_cannot_be_used(seeded, alice):
-    board, card = seeded
+    _board, card = seeded
     other = services.board_create(actor=as_actor(alice), name="Checkout", key="CHK")
     foreign = services.label_create(actor=as_actor(alice), board_id=other.pk, name="bug")
     with pytest.raises(ValidationError):
