@@ -36,7 +36,7 @@ def test_the_board_list_shows_only_the_users_boards_with_counts_per_stage(client
     response = client.get(reverse("boards:list"))
     (listed,) = response.context["boards"]
     assert listed.key == "PAY"
-    assert dict((stage.value, n) for stage, n in listed.open_by_stage) == {
+    assert {stage.value: n for stage, n in listed.open_by_stage} == {
         "todo": 1,
         "in_progress": 0,
         "review": 0,

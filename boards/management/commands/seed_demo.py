@@ -50,7 +50,8 @@ SERVICES = [
         "SRCH",
         "Product search, ranking and suggestions.",
         ["query suggestions", "typo tolerance", "synonym list", "facet counts", "ranking model",
-         "index rebuild", "zero-result page", "search analytics", "stock filter", "language stemming"],
+         "index rebuild", "zero-result page", "search analytics", "stock filter",
+         "language stemming"],
     ),
 ]  # fmt: skip
 VERBS = ["Add", "Fix", "Speed up", "Refactor", "Instrument", "Harden", "Redesign", "Document"]
