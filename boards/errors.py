@@ -50,3 +50,11 @@ class WipLimitError(FluxError):
             "finish a card there before adding another."
         )
         self.column = column
+
+
+def refusal_message(error: Exception) -> str:
+    """The sentence to show a person for a service's refusal."""
+    if isinstance(error, FluxError):
+        return error.message
+    messages = getattr(error, "messages", None)
+    return "; ".join(messages) if messages else str(error)

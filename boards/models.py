@@ -156,6 +156,7 @@ class Card(models.Model):
     )
     created_at = models.DateTimeField()
     updated_at = models.DateTimeField()
+    entered_column_at = models.DateTimeField(help_text="When the card came into its column.")
 
     class Meta:
         ordering = ["column__position", "rank"]

@@ -2,13 +2,58 @@
 
 from dataclasses import dataclass, field
 
+import markdown
+import nh3
+from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser
-from django.db.models import Count, Prefetch, Q, QuerySet
+from django.db.models import Count, F, Prefetch, Q, QuerySet, Window
+from django.db.models.functions import RowNumber
+from django.utils.safestring import SafeString, mark_safe
 
+from activity.describe import event_describe
 from activity.log import Actor
+from activity.models import Event
 from boards.errors import NotFoundError
-from boards.models import Board, Card, Column, Label, Role, Stage
-from boards.permissions import role_of, role_require
+from boards.models import Board, Card, Column, Comment, Label, LabelKind, Role, Stage
+from boards.permissions import role_require
+
+User = get_user_model()
+
+# A column shows this many cards at first and loads more on demand, so a Deployed column
+# with years of history costs the same as a new one.
+COLUMN_PAGE = 50
+
+
+@dataclass(frozen=True)
+class CardFilter:
+    """What the board is narrowed to; empty fields match everything."""
+
+    text: str = ""
+    label: str = ""
+    assignee: str = ""
+    release: str = ""
+
+    @property
+    def active(self) -> bool:
+        return any((self.text, self.label, self.assignee, self.release))
+
+    def apply(self, cards: QuerySet[Card]) -> QuerySet[Card]:
+        if self.text:
+            ref_key, _, ref_number = self.text.strip().upper().rpartition("-")
+            match = Q(title__icontains=self.text) | Q(description__icontains=self.text)
+            if ref_number.isdigit():
+                match |= Q(board__key=ref_key, number=int(ref_number))
+            cards = cards.filter(match)
+        if self.label:
+            cards = cards.filter(labels__name=self.label, labels__kind=LabelKind.GENERAL)
+        if self.release:
+            cards = cards.filter(labels__name=self.release, labels__kind=LabelKind.RELEASE)
+        if self.assignee:
+            cards = cards.filter(assignees__username=self.assignee)
+        return cards
+
+
+NO_FILTER = CardFilter()
 
 
 def boards_visible_to(*, user: AbstractBaseUser) -> QuerySet[Board]:
@@ -21,7 +66,7 @@ def boards_visible_to(*, user: AbstractBaseUser) -> QuerySet[Board]:
 
 
 def board_list_for_user(*, user: AbstractBaseUser) -> list[Board]:
-    """The user's boards, each with `open_by_stage` {stage: open card count}, in one query."""
+    """The user's boards, each with `open_by_stage` [(stage, open cards)], in one query."""
     counts = {
         f"open_{stage.value}": Count(
             "cards", filter=Q(cards__archived=False, cards__column__stage=stage.value)
@@ -46,48 +91,158 @@ def board_get_for_user(*, user: AbstractBaseUser, key: str, at_least: Role = Rol
 @dataclass
 class ColumnView:
     column: Column
+    count: int = 0  # open cards matching the filter
+    total: int = 0  # open cards, whatever the filter: what the WIP limit counts
     cards: list[Card] = field(default_factory=list)
 
     @property
-    def count(self) -> int:
-        return len(self.cards)
+    def over_limit(self) -> bool:
+        return self.column.wip_limit is not None and self.total > self.column.wip_limit
 
     @property
-    def over_limit(self) -> bool:
-        return self.column.wip_limit is not None and self.count > self.column.wip_limit
+    def more(self) -> int:
+        return self.count - len(self.cards)
+
+    @property
+    def last_rank(self) -> str:
+        return self.cards[-1].rank if self.cards else ""
 
 
-def board_view(*, board: Board, user: AbstractBaseUser) -> dict:
-    """The board page's context: columns in pipeline order with their open cards, in 4 queries."""
-    columns = [
-        ColumnView(column=c) for c in Column.objects.filter(board=board).order_by("position", "id")
-    ]
-    by_id = {view.column.pk: view for view in columns}
-    cards = (
-        Card.objects.filter(board=board, archived=False)
-        .order_by("column_id", "rank")
-        .prefetch_related(
-            Prefetch("labels", queryset=Label.objects.order_by("kind", "name")),
-            "assignees",
-        )
+def _card_rows(board: Board) -> QuerySet[Card]:
+    return Card.objects.filter(board=board, archived=False).prefetch_related(
+        Prefetch("labels", queryset=Label.objects.order_by("kind", "name")),
+        Prefetch("assignees", queryset=User.objects.order_by("username")),
     )
-    for card in cards:
-        card.board = board  # refs need the key; no query per card
-        by_id[card.column_id].cards.append(card)
-    role = getattr(board, "role", None) or role_of(actor=Actor(user=user), board=board)
+
+
+def columns_view(
+    *,
+    board: Board,
+    column_ids: list[int] | None = None,
+    filters: CardFilter = NO_FILTER,
+    limit: int = COLUMN_PAGE,
+) -> list[ColumnView]:
+    """Columns in pipeline order with their first `limit` cards and full counts: 5 queries."""
+    columns = Column.objects.filter(board=board).order_by("position", "id")
+    if column_ids is not None:
+        columns = columns.filter(pk__in=column_ids)
+    views = {column.pk: ColumnView(column=column) for column in columns}
+    # Each filter matches a card through at most one row (label names are unique per board),
+    # so no DISTINCT is needed and the window below numbers cards, not join rows.
+    cards = filters.apply(_card_rows(board).filter(column_id__in=views))
+    for row in cards.order_by().values("column_id").annotate(n=Count("pk")):
+        views[row["column_id"]].count = views[row["column_id"]].total = row["n"]
+    if filters.active:
+        unfiltered = Card.objects.filter(board=board, archived=False, column_id__in=views)
+        for row in unfiltered.order_by().values("column_id").annotate(n=Count("pk")):
+            views[row["column_id"]].total = row["n"]
+    ranked = cards.annotate(
+        place=Window(RowNumber(), partition_by=[F("column_id")], order_by=[F("rank").asc()])
+    ).filter(place__lte=limit)
+    for card in ranked.order_by("column_id", "rank"):
+        card.board = board  # refs need the key: no query per card
+        views[card.column_id].cards.append(card)
+    return list(views.values())
+
+
+def column_more(
+    *, board: Board, column_id: int, after_rank: str, filters: CardFilter = NO_FILTER
+) -> tuple[Column, list[Card], bool]:
+    """The next page of a column's cards after `after_rank`, and whether more follow."""
+    column = Column.objects.filter(board=board, pk=column_id).first()
+    if column is None:
+        raise NotFoundError("Column not found.")
+    cards = filters.apply(_card_rows(board).filter(column=column, rank__gt=after_rank))
+    page = list(cards.order_by("rank")[: COLUMN_PAGE + 1])
+    for card in page:
+        card.board = board
+    return column, page[:COLUMN_PAGE], len(page) > COLUMN_PAGE
+
+
+def board_view(*, board: Board, user: AbstractBaseUser, filters: CardFilter = NO_FILTER) -> dict:
+    """The board page's context, in a fixed number of queries whatever the board's size."""
+    role = getattr(board, "role", None) or role_require(
+        actor=Actor(user=user), board=board, at_least=Role.VIEWER
+    )
+    labels = list(board.labels.order_by("kind", "name"))
     return {
         "board": board,
-        "columns": columns,
+        "columns": columns_view(board=board, filters=filters),
         "role": role,
-        "can_edit": role is not None and role.level >= Role.EDITOR.level,
+        "can_edit": role.level >= Role.EDITOR.level,
+        "filters": filters,
+        "labels": [label for label in labels if label.kind == LabelKind.GENERAL],
+        "releases": [label for label in labels if label.kind == LabelKind.RELEASE][::-1],
+        "members": board_members(board=board),
+        "boards": list(boards_visible_to(user=user).order_by("name").only("name", "key")),
     }
 
 
-def card_get_for_user(*, user: AbstractBaseUser, board_key: str, number: int) -> Card:
-    """A card by ref parts if the user may read its board; NotFoundError otherwise."""
-    board = board_get_for_user(user=user, key=board_key)
-    card = Card.objects.filter(board=board, number=number).select_related("column").first()
+def card_label_choices(*, card: Card) -> list[Label]:
+    """Labels offered on a card: the board's general ones and the releases it already has."""
+    return list(
+        Label.objects.filter(board=card.board_id)
+        .filter(Q(kind=LabelKind.GENERAL) | Q(cards=card))
+        .distinct()
+        .order_by("kind", "name")
+    )
+
+
+def board_columns(*, board: Board) -> list[Column]:
+    return list(board.columns.order_by("position", "id"))
+
+
+def board_members(*, board: Board) -> list[AbstractBaseUser]:
+    return list(User.objects.filter(memberships__board=board, is_active=True).order_by("username"))
+
+
+def card_get_for_user(
+    *, user: AbstractBaseUser, board_key: str, number: int, at_least: Role = Role.VIEWER
+) -> Card:
+    """A card (archived too) by its ref parts if the user has that role on its board."""
+    board = board_get_for_user(user=user, key=board_key, at_least=at_least)
+    card = (
+        Card.objects.filter(board=board, number=number)
+        .select_related("column")
+        .prefetch_related("labels", "assignees")
+        .first()
+    )
     if card is None:
         raise NotFoundError("Card not found.")
     card.board = board
     return card
+
+
+@dataclass
+class HistoryEntry:
+    event: Event
+    sentence: str
+
+
+def card_history(*, card: Card) -> list[HistoryEntry]:
+    """The card's events, newest first, each in words."""
+    events = Event.objects.filter(card=card).order_by("-id")
+    return [HistoryEntry(event=e, sentence=event_describe(e, with_card=False)) for e in events]
+
+
+def card_comments(*, card: Card) -> list[Comment]:
+    return list(card.comments.order_by("created_at", "id"))
+
+
+MARKDOWN_TAGS = {
+    "p", "br", "hr", "strong", "em", "code", "pre", "blockquote", "ul", "ol", "li",
+    "h1", "h2", "h3", "h4", "h5", "h6", "a", "table", "thead", "tbody", "tr", "th", "td", "del",
+}  # fmt: skip
+
+
+def markdown_render(text: str) -> SafeString:
+    """Markdown to HTML that is safe to show: scripts, handlers and styles are stripped."""
+    html = markdown.markdown(text, extensions=["fenced_code", "tables", "sane_lists"])
+    clean = nh3.clean(
+        html,
+        tags=MARKDOWN_TAGS,
+        attributes={"a": {"href", "title"}},
+        url_schemes={"http", "https", "mailto"},
+        link_rel="noopener noreferrer nofollow",
+    )
+    return mark_safe(clean)  # sanitised by nh3 just above

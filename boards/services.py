@@ -426,6 +426,7 @@ def card_create(
         created_by=actor.user if actor.user and actor.user.is_authenticated else None,
         created_at=now,
         updated_at=now,
+        entered_column_at=now,
     )
     log.record(
         actor=actor,
@@ -518,10 +519,13 @@ def card_move(
     ):
         return card
     before = card_place(card)
+    changed_column = card.column_id != to_column.pk
     card.column = to_column
     card.rank = rank_between(before=lower, after=upper)
     rebalanced = _rebalance_if_crowded(card=card)
-    _bump(card, "column", "rank")
+    if changed_column:
+        card.entered_column_at = clock.now()
+    _bump(card, "column", "rank", *(["entered_column_at"] if changed_column else []))
     payload: dict[str, Any] = {
         "ref": card.ref,
         "from": before,
@@ -773,3 +777,33 @@ def _rebalance_if_crowded(*, card: Card) -> dict[str, str]:
     Card.objects.bulk_update(others, ["rank"])
     card.rank = fresh[position]
     return {str(other.pk): other.rank for other in others}
+
+
+@transaction.atomic
+def card_edit(
+    *,
+    actor: Actor,
+    card_id: int,
+    expected_version: int,
+    title: str,
+    description: str,
+    due_date: datetime.date | None,
+    label_ids: Iterable[int],
+    assignee_ids: Iterable[int],
+) -> Card:
+    """Apply a whole card form at once: all its changes or none, one event per kind of change."""
+    card = card_update(
+        actor=actor,
+        card_id=card_id,
+        expected_version=expected_version,
+        title=title,
+        description=description,
+        due_date=due_date,
+    )
+    wanted = set(label_ids)
+    current = set(card.labels.values_list("pk", flat=True))
+    for label_id in sorted(wanted - current):
+        card = card_label_add(actor=actor, card_id=card_id, label_id=label_id)
+    for label_id in sorted(current - wanted):
+        card = card_label_remove(actor=actor, card_id=card_id, label_id=label_id)
+    return card_assign(actor=actor, card_id=card_id, user_ids=assignee_ids)

@@ -1,10 +1,50 @@
-"""Thin views: parse the request, call a query or service, render a template or partial."""
+"""Thin views: parse the request, call a query or service, render a template or partial.
 
+htmx requests get partials from `boards/board.html`; the same URLs without htmx get whole
+pages (or a redirect after a POST), so every action also works without JavaScript.
+"""
+
+from urllib.parse import urlencode
+
+from django.contrib import messages
+from django.core.exceptions import ValidationError
 from django.http import HttpRequest, HttpResponse
-from django.shortcuts import render
-from django.views.decorators.http import require_GET
+from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.utils.cache import patch_vary_headers
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from boards import queries
+from activity.log import Actor
+from boards import queries, services
+from boards.errors import ConflictError, WipLimitError, refusal_message
+from boards.forms import CardCreateForm, CardEditForm, CommentForm, FilterForm, MoveForm
+from boards.models import Board, Card, Role
+
+BOARD = "boards/board.html"
+
+
+def _actor(request: HttpRequest) -> Actor:
+    return Actor(user=request.user)
+
+
+def _wants_fragment(request: HttpRequest) -> bool:
+    """htmx asked for a piece of the page (a history restore needs the whole page)."""
+    return bool(request.htmx) and not request.htmx.history_restore_request
+
+
+def _filters(request: HttpRequest) -> queries.CardFilter:
+    return FilterForm(request.GET).card_filter()
+
+
+def _board_url(board: Board, request: HttpRequest) -> str:
+    query = request.GET.urlencode()
+    return reverse("boards:detail", args=[board.key]) + (f"?{query}" if query else "")
+
+
+def _render(request, template, context, status=200) -> HttpResponse:
+    response = render(request, template, context, status=status)
+    patch_vary_headers(response, ["HX-Request"])
+    return response
 
 
 @require_GET
@@ -16,4 +56,323 @@ def board_list(request: HttpRequest) -> HttpResponse:
 @require_GET
 def board_detail(request: HttpRequest, key: str) -> HttpResponse:
     board = queries.board_get_for_user(user=request.user, key=key)
-    return render(request, "boards/board.html", queries.board_view(board=board, user=request.user))
+    context = queries.board_view(board=board, user=request.user, filters=_filters(request))
+    context["filter_query"] = _filter_query(request)
+    template = f"{BOARD}#board" if _wants_fragment(request) else BOARD
+    return _render(request, template, context)
+
+
+def _columns_response(
+    request: HttpRequest,
+    *,
+    board: Board,
+    column_ids: list[int] | None,
+    toast: str = "",
+    tone: str = "info",
+    status: int = 200,
+    columns: list[queries.ColumnView] | None = None,
+) -> HttpResponse:
+    """Fresh copies of the given columns (all when None) as out-of-band swaps, plus a toast."""
+    if columns is None:
+        columns = queries.columns_view(
+            board=board, column_ids=column_ids, filters=_filters(request)
+        )
+    context = {
+        "board": board,
+        "columns": columns,
+        "all_columns": queries.board_columns(board=board),
+        "can_edit": True,
+        "toast": toast,
+        "tone": tone,
+        "filter_query": _filter_query(request),
+    }
+    return _render(request, f"{BOARD}#columns-oob", context, status=status)
+
+
+def _after_post(request: HttpRequest, board: Board, message: str, level=messages.SUCCESS):
+    """Without htmx, a POST ends in a redirect back to the board, with its notice."""
+    messages.add_message(request, level, message)
+    return redirect(_board_url(board, request))
+
+
+@require_http_methods(["GET", "POST"])
+def card_move_view(request: HttpRequest, key: str, number: int) -> HttpResponse:
+    """GET: the "Move to…" form (works without JavaScript). POST: the move itself."""
+    card = queries.card_get_for_user(
+        user=request.user, board_key=key, number=number, at_least=Role.EDITOR
+    )
+    board = card.board
+    if request.method == "GET":
+        context = {
+            "board": board,
+            "card": card,
+            "all_columns": queries.board_columns(board=board),
+            "board_url": _board_url(board, request),
+        }
+        template = f"{BOARD}#move-dialog" if _wants_fragment(request) else "boards/card_move.html"
+        return _render(request, template, context)
+    form = MoveForm(request.POST)
+    if not form.is_valid():
+        return _columns_response(
+            request, board=board, column_ids=None, toast="That move was not understood.",
+            tone="error", status=422,
+        )  # fmt: skip
+    data = form.cleaned_data
+    from_column = card.column_id
+    try:
+        moved = services.card_move(
+            actor=_actor(request),
+            card_id=card.pk,
+            to_column_id=data["to_column"],
+            expected_version=data["version"],
+            after_id=data["after"],
+            before_id=data["before"],
+        )
+    except ConflictError:
+        text = f"{card.ref} was changed by someone else first; the board now shows the latest."
+        if not request.htmx:
+            return _after_post(request, board, text, messages.WARNING)
+        return _columns_response(
+            request, board=board, column_ids=None, toast=text, tone="warning", status=409
+        )
+    except (WipLimitError, ValidationError) as refused:
+        text = (
+            refused.message if isinstance(refused, WipLimitError) else "; ".join(refused.messages)
+        )
+        if not request.htmx:
+            return _after_post(request, board, text, messages.ERROR)
+        ids = list({from_column, data["to_column"]})
+        status = 409 if isinstance(refused, WipLimitError) else 422
+        return _columns_response(
+            request, board=board, column_ids=ids, toast=text, tone="error", status=status
+        )
+    column = moved.column
+    toast, tone = f"{card.ref} moved to {column.name}.", "info"
+    if not request.htmx:
+        return _after_post(request, board, toast)
+    columns = queries.columns_view(
+        board=board, column_ids=list({from_column, column.pk}), filters=_filters(request)
+    )
+    target = next(view for view in columns if view.column.pk == column.pk)
+    if target.over_limit and column.pk != from_column:
+        toast += f" {column.name} is over its WIP limit ({target.total}/{column.wip_limit})."
+        tone = "warning"
+    return _columns_response(
+        request, board=board, column_ids=None, columns=columns, toast=toast, tone=tone
+    )
+
+
+@require_http_methods(["GET", "POST"])
+def column_cards_view(request: HttpRequest, key: str, column_id: int) -> HttpResponse:
+    """GET: the next page of a column's cards. POST: a new card at the column's bottom."""
+    if request.method == "GET":
+        return _column_page(request, key, column_id)
+    return _card_create(request, key, column_id)
+
+
+def _card_create(request: HttpRequest, key: str, column_id: int) -> HttpResponse:
+    board = queries.board_get_for_user(user=request.user, key=key, at_least=Role.EDITOR)
+    form = CardCreateForm(request.POST)
+    error = ""
+    if form.is_valid():
+        try:
+            card = services.card_create(
+                actor=_actor(request),
+                board_id=board.pk,
+                column_id=column_id,
+                title=form.cleaned_data["title"],
+            )
+        except (ValidationError, WipLimitError) as refused:
+            error = refusal_message(refused)
+        else:
+            if not request.htmx:
+                return _after_post(request, board, f"{card.ref} created.")
+            return _columns_response(
+                request, board=board, column_ids=[column_id], toast=f"{card.ref} created."
+            )
+    else:
+        error = form.errors.get("title", ["Give the card a title."])[0]
+    if not request.htmx:
+        return _after_post(request, board, error, messages.ERROR)
+    return _columns_response(
+        request, board=board, column_ids=[column_id], toast=error, tone="error", status=422
+    )
+
+
+def _column_page(request: HttpRequest, key: str, column_id: int) -> HttpResponse:
+    board = queries.board_get_for_user(user=request.user, key=key)
+    column, cards, has_more = queries.column_more(
+        board=board,
+        column_id=column_id,
+        after_rank=request.GET.get("after", ""),
+        filters=_filters(request),
+    )
+    context = {
+        "board": board,
+        "column": column,
+        "cards": cards,
+        "has_more": has_more,
+        "last_rank": cards[-1].rank if cards else "",
+        "can_edit": board.role.level >= Role.EDITOR.level,
+        "filter_query": _filter_query(request),
+    }
+    return _render(request, f"{BOARD}#cards-page", context)
+
+
+def _filter_query(request: HttpRequest) -> str:
+    """The board's filter as a query string, for links and requests made from a fragment."""
+    return urlencode({k: v for k, v in request.GET.items() if k in FilterForm.base_fields and v})
+
+
+def _dialog_context(request, card: Card, form: CardEditForm | None = None, **extra) -> dict:
+    board = card.board
+    labels = queries.card_label_choices(card=card)
+    members = queries.board_members(board=board)
+    can_edit = board.role.level >= Role.EDITOR.level
+    if form is None:
+        form = CardEditForm(
+            initial={
+                "version": card.version,
+                "title": card.title,
+                "description": card.description,
+                "due_date": card.due_date,
+                "labels": [label.pk for label in card.labels.all()],
+                "assignees": [user.pk for user in card.assignees.all()],
+            },
+            labels=labels,
+            members=members,
+        )
+    return {
+        "board": board,
+        "card": card,
+        "form": form,
+        "comment_form": CommentForm(),
+        "description_html": queries.markdown_render(card.description),
+        "comments": queries.card_comments(card=card),
+        "history": queries.card_history(card=card),
+        "can_edit": can_edit,
+        "board_url": reverse("boards:detail", args=[board.key]),
+        **extra,
+    }
+
+
+@require_http_methods(["GET", "POST"])
+def card_detail(request: HttpRequest, key: str, number: int) -> HttpResponse:
+    """The card dialog: its own URL, a whole page without htmx, the dialog alone with it."""
+    card = queries.card_get_for_user(user=request.user, board_key=key, number=number)
+    board = card.board
+    if request.method == "GET":
+        if _wants_fragment(request):
+            return _render(request, f"{BOARD}#card-dialog", _dialog_context(request, card))
+        context = queries.board_view(board=board, user=request.user, filters=_filters(request))
+        context |= _dialog_context(request, card)
+        context["open_card"] = card
+        return _render(request, BOARD, context)
+
+    queries.board_get_for_user(user=request.user, key=key, at_least=Role.EDITOR)
+    labels = queries.card_label_choices(card=card)
+    members = queries.board_members(board=board)
+    form = CardEditForm(request.POST, labels=labels, members=members)
+    notice, status = "", 200
+    if form.is_valid():
+        data = form.cleaned_data
+        try:
+            card = services.card_edit(
+                actor=_actor(request),
+                card_id=card.pk,
+                expected_version=data["version"],
+                title=data["title"],
+                description=data["description"],
+                due_date=data["due_date"],
+                label_ids=data["labels"],
+                assignee_ids=data["assignees"],
+            )
+        except ConflictError as conflict:
+            card = queries.card_get_for_user(user=request.user, board_key=key, number=number)
+            typed = request.POST.copy()
+            typed["version"] = conflict.card.version
+            form = CardEditForm(typed, labels=labels, members=members)
+            notice = (
+                "Someone else changed this card while you were editing. Your text is kept "
+                "below; check the card and save again."
+            )
+            status = 409
+        except ValidationError as invalid:
+            for field, errors in invalid.message_dict.items():
+                form.add_error(field if field in form.fields else None, errors)
+            status = 422
+        else:
+            if not request.htmx:
+                return _after_post(request, board, f"{card.ref} saved.")
+            card = queries.card_get_for_user(user=request.user, board_key=key, number=number)
+            context = _dialog_context(request, card, saved=True)
+            context |= {"columns": queries.columns_view(board=board, column_ids=[card.column_id])}
+            return _render(request, f"{BOARD}#card-saved", context)
+    else:
+        status = 422
+    if not request.htmx:
+        context = queries.board_view(board=board, user=request.user)
+        context |= _dialog_context(request, card, form=form, notice=notice)
+        context["open_card"] = card
+        return _render(request, BOARD, context, status=status)
+    context = _dialog_context(request, card, form=form, notice=notice)
+    return _render(request, f"{BOARD}#card-dialog", context, status=status)
+
+
+def _card_action(request: HttpRequest, key: str, number: int, action) -> HttpResponse:
+    card = queries.card_get_for_user(
+        user=request.user, board_key=key, number=number, at_least=Role.EDITOR
+    )
+    card = action(card)
+    if not request.htmx:
+        return redirect(reverse("boards:card", args=[key, number]))
+    card = queries.card_get_for_user(user=request.user, board_key=key, number=number)
+    context = _dialog_context(request, card)
+    context |= {"columns": queries.columns_view(board=card.board, column_ids=[card.column_id])}
+    return _render(request, f"{BOARD}#card-saved", context)
+
+
+@require_POST
+def card_archive_view(request: HttpRequest, key: str, number: int) -> HttpResponse:
+    return _card_action(
+        request,
+        key,
+        number,
+        lambda card: services.card_archive(actor=_actor(request), card_id=card.pk),
+    )
+
+
+@require_POST
+def card_restore_view(request: HttpRequest, key: str, number: int) -> HttpResponse:
+    return _card_action(
+        request,
+        key,
+        number,
+        lambda card: services.card_restore(actor=_actor(request), card_id=card.pk),
+    )
+
+
+@require_POST
+def comment_add_view(request: HttpRequest, key: str, number: int) -> HttpResponse:
+    card = queries.card_get_for_user(
+        user=request.user, board_key=key, number=number, at_least=Role.EDITOR
+    )
+    form = CommentForm(request.POST)
+    status = 200
+    if form.is_valid():
+        try:
+            services.comment_add(
+                actor=_actor(request), card_id=card.pk, body=form.cleaned_data["body"]
+            )
+        except ValidationError as invalid:
+            form.add_error("body", invalid.messages)
+            status = 422
+        else:
+            form = CommentForm()
+    else:
+        status = 422
+    if not request.htmx:
+        return redirect(reverse("boards:card", args=[key, number]))
+    context = _dialog_context(request, card)
+    context["comment_form"] = form
+    return _render(request, f"{BOARD}#card-talk", context, status=status)

@@ -4,7 +4,7 @@ from django.core.exceptions import PermissionDenied, ValidationError
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import render
 
-from boards.errors import FluxError, ForbiddenError, NotFoundError
+from boards.errors import FluxError, ForbiddenError, NotFoundError, refusal_message
 
 
 class ServiceErrorMiddleware:
@@ -19,12 +19,8 @@ class ServiceErrorMiddleware:
             raise Http404(exception.message) from exception
         if isinstance(exception, ForbiddenError):
             raise PermissionDenied(exception.message) from exception
-        if isinstance(exception, FluxError):
-            return render(
-                request, "error.html", {"message": exception.message}, status=exception.status
-            )
-        if isinstance(exception, ValidationError):
-            return render(
-                request, "error.html", {"message": "; ".join(exception.messages)}, status=422
-            )
+        if isinstance(exception, FluxError | ValidationError):
+            status = exception.status if isinstance(exception, FluxError) else 422
+            context = {"message": refusal_message(exception)}
+            return render(request, "error.html", context, status=status)
         return None

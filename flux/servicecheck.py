@@ -15,7 +15,8 @@ def main(database_url: str, redis_url: str) -> int:
     try:
         psycopg.connect(server_url, connect_timeout=3).close()
     except psycopg.Error as error:
-        reason = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
+        text = str(error).strip()
+        reason = text.splitlines()[-1].strip() if text else type(error).__name__
         print(
             f"PostgreSQL is not reachable at {database_url} ({reason}). Start it "
             "(pg_ctlcluster <version> main start, or docker compose up -d postgres) "

@@ -1,0 +1,65 @@
+"""Parsing of browser input. Forms check shapes; the rules themselves live in services."""
+
+from django import forms
+
+from boards.models import DESCRIPTION_MAX_LENGTH, TITLE_MAX_LENGTH
+from boards.queries import CardFilter
+
+
+class FilterForm(forms.Form):
+    q = forms.CharField(required=False, max_length=200, strip=True)
+    label = forms.CharField(required=False, max_length=50)
+    assignee = forms.CharField(required=False, max_length=150)
+    release = forms.CharField(required=False, max_length=50)
+
+    def card_filter(self) -> CardFilter:
+        """The filter asked for; bad values are dropped rather than failing the page."""
+        data = self.cleaned_data if self.is_valid() else {}
+        return CardFilter(
+            text=data.get("q", ""),
+            label=data.get("label", ""),
+            assignee=data.get("assignee", ""),
+            release=data.get("release", ""),
+        )
+
+
+class MoveForm(forms.Form):
+    to_column = forms.IntegerField(min_value=1)
+    after = forms.IntegerField(required=False, min_value=1)
+    before = forms.IntegerField(required=False, min_value=1)
+    version = forms.IntegerField(min_value=1)
+
+
+class CardCreateForm(forms.Form):
+    title = forms.CharField(max_length=TITLE_MAX_LENGTH, strip=True)
+
+
+class CardEditForm(forms.Form):
+    version = forms.IntegerField(min_value=1, widget=forms.HiddenInput)
+    title = forms.CharField(max_length=TITLE_MAX_LENGTH, strip=True)
+    description = forms.CharField(
+        required=False,
+        max_length=DESCRIPTION_MAX_LENGTH,
+        widget=forms.Textarea(attrs={"rows": 6}),
+        help_text="Markdown.",
+    )
+    due_date = forms.DateField(required=False, widget=forms.DateInput(attrs={"type": "date"}))
+    labels = forms.TypedMultipleChoiceField(
+        required=False, coerce=int, widget=forms.CheckboxSelectMultiple
+    )
+    assignees = forms.TypedMultipleChoiceField(
+        required=False, coerce=int, widget=forms.CheckboxSelectMultiple
+    )
+
+    def __init__(self, *args, labels=(), members=(), **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["labels"].choices = [(label.pk, label.name) for label in labels]
+        self.fields["assignees"].choices = [(user.pk, user.get_username()) for user in members]
+
+
+class CommentForm(forms.Form):
+    body = forms.CharField(max_length=10_000, strip=True, widget=forms.Textarea(attrs={"rows": 3}))
+
+
+class VersionForm(forms.Form):
+    version = forms.IntegerField(min_value=1)

@@ -1,0 +1,32 @@
+"""Small display helpers for the board templates."""
+
+from datetime import date, datetime
+
+from django import template
+from django.utils import timezone
+
+register = template.Library()
+
+
+@register.filter
+def age(moment: datetime | None) -> str:
+    """How long ago, in the largest whole unit: "5m", "3h", "12d", "8w"."""
+    if moment is None:
+        return ""
+    seconds = max(0, int((timezone.now() - moment).total_seconds()))
+    for unit, size in (("w", 604_800), ("d", 86_400), ("h", 3_600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit}"
+    return "now"
+
+
+@register.filter
+def overdue(due: date | None) -> bool:
+    return due is not None and due < timezone.localdate()
+
+
+@register.filter
+def initials(user) -> str:
+    name = (user.get_full_name() or user.get_username()).strip()
+    parts = name.split()
+    return (parts[0][0] + parts[-1][0] if len(parts) > 1 else name[:2]).upper()

@@ -1,0 +1,225 @@
+// The board: drag and drop (SortableJS), keyboard moves, the card dialog and toasts.
+// Every move goes to the server, which answers with fresh copies of the affected columns
+// (out-of-band swaps); the page never keeps a card where the server did not put it.
+"use strict";
+
+(() => {
+  let busy = false; // one move in flight at a time: no double drops
+  let refocus = null; // id of the element to focus again after the columns are swapped
+
+  const $ = (selector, root = document) => root.querySelector(selector);
+  const $$ = (selector, root = document) => Array.from(root.querySelectorAll(selector));
+
+  function announce(text) {
+    const region = $("#announcer");
+    if (!region) return;
+    region.textContent = "";
+    window.setTimeout(() => { region.textContent = text; }, 30);
+  }
+
+  function toast(text, tone = "error") {
+    const box = $("#toasts");
+    if (!box) return;
+    const item = document.createElement("p");
+    item.className = `toast toast-${tone}`;
+    item.setAttribute("role", "status");
+    item.textContent = text;
+    box.append(item);
+  }
+
+  // Toasts leave by themselves; the live region has already read them out.
+  function watchToasts() {
+    const box = $("#toasts");
+    if (!box) return;
+    new MutationObserver((changes) => {
+      for (const change of changes) {
+        for (const node of change.addedNodes) {
+          if (node.nodeType !== 1) continue;
+          const items = node.classList.contains("toast") ? [node] : $$(".toast", node);
+          for (const item of items) window.setTimeout(() => item.remove(), 6000);
+        }
+      }
+    }).observe(box, { childList: true, subtree: true });
+  }
+
+  function cardsOf(list) {
+    return $$(":scope > .card", list);
+  }
+
+  function columnName(list) {
+    return list.closest(".column")?.dataset.name ?? "";
+  }
+
+  function setBusy(value) {
+    busy = value;
+    $("#board")?.classList.toggle("busy", value);
+    $$(".board.editable .cards").forEach((list) => {
+      const sortable = window.Sortable?.get(list);
+      if (sortable) sortable.option("disabled", value);
+    });
+  }
+
+  function reloadBoard() {
+    return htmx.ajax("GET", window.location.href, { target: "#board", swap: "outerHTML" });
+  }
+
+  // Post a move of `card`, already placed in `list` in the DOM, with its new neighbours.
+  function move(card, list) {
+    if (busy || !card.dataset.moveUrl) return;
+    const index = cardsOf(list).indexOf(card);
+    const siblings = cardsOf(list);
+    const after = siblings[index - 1];
+    const before = siblings[index + 1];
+    const values = { to_column: list.dataset.column, version: card.dataset.version };
+    if (after) values.after = after.dataset.card;
+    else if (before) values.before = before.dataset.card;
+    refocus = document.activeElement === card ? card.id : refocus;
+    setBusy(true);
+    announce(`Moving ${card.dataset.ref} to ${columnName(list)}, position ${index + 1}.`);
+    htmx
+      .ajax("POST", card.dataset.moveUrl + window.location.search, {
+        source: card,
+        values,
+        swap: "none",
+      })
+      .catch(() => reloadBoard())
+      .finally(() => setBusy(false));
+  }
+
+  function initSortable(root) {
+    if (!window.Sortable) return;
+    const lists = root.matches?.(".board.editable .cards")
+      ? [root]
+      : $$(".board.editable .cards", root);
+    for (const list of lists) {
+      if (window.Sortable.get(list)) continue;
+      window.Sortable.create(list, {
+        group: "board",
+        draggable: ".card",
+        filter: ".more, input, button",
+        preventOnFilter: false,
+        animation: 120,
+        forceFallback: true,
+        fallbackTolerance: 4,
+        ghostClass: "card-ghost",
+        chosenClass: "card-chosen",
+        disabled: busy,
+        onChange: (event) =>
+          announce(`${event.item.dataset.ref} over ${columnName(event.to)}, position ${event.newDraggableIndex + 1}.`),
+        onEnd: (event) => {
+          if (event.from === event.to && event.oldDraggableIndex === event.newDraggableIndex) return;
+          move(event.item, event.to);
+        },
+      });
+    }
+  }
+
+  // Alt + arrows move the focused card: left/right to the next column's top, up/down in place.
+  function onKeydown(event) {
+    const card = event.target.closest?.(".board.editable .card");
+    if (!card || !event.altKey || busy) return;
+    const list = card.parentElement;
+    const lists = $$(".board .cards");
+    let target = null;
+    if (event.key === "ArrowUp" || event.key === "ArrowDown") {
+      const siblings = cardsOf(list);
+      const index = siblings.indexOf(card);
+      const other = siblings[event.key === "ArrowUp" ? index - 1 : index + 1];
+      if (!other) return;
+      if (event.key === "ArrowUp") other.before(card);
+      else other.after(card);
+      target = list;
+    } else if (event.key === "ArrowLeft" || event.key === "ArrowRight") {
+      target = lists[lists.indexOf(list) + (event.key === "ArrowLeft" ? -1 : 1)];
+      if (!target) return;
+      target.prepend(card);
+    } else {
+      return;
+    }
+    event.preventDefault();
+    card.focus();
+    move(card, target);
+  }
+
+  // Dialogs arrive as fragments (or server-rendered with data-open) and open as modals.
+  function openDialogs(root) {
+    const dialogs = root.matches?.("dialog.dialog") ? [root] : $$("dialog.dialog", root);
+    for (const dialog of dialogs) {
+      if (dialog.open) dialog.close();
+      dialog.showModal();
+      dialog.addEventListener("close", () => closeDialog(dialog), { once: true });
+    }
+  }
+
+  function closeDialog(dialog) {
+    const boardUrl = dialog.dataset.boardUrl;
+    if (boardUrl && window.location.pathname !== new URL(boardUrl, window.location.href).pathname) {
+      window.history.replaceState(window.history.state, "", boardUrl + window.location.search);
+    }
+    const ref = dialog.dataset.cardRef;
+    dialog.remove();
+    if (ref) $$(".card").find((card) => card.dataset.ref === ref)?.focus();
+  }
+
+  document.addEventListener("click", (event) => {
+    const closer = event.target.closest("dialog [data-close]");
+    if (!closer) return;
+    event.preventDefault();
+    closer.closest("dialog").close();
+  });
+
+  document.addEventListener("keydown", onKeydown);
+
+  document.addEventListener("htmx:beforeSwap", (event) => {
+    const status = event.detail.xhr.status;
+    // A conflict or refused input comes with fresh content to show, not a failure to hide.
+    if (status === 409 || status === 422) {
+      event.detail.shouldSwap = true;
+      event.detail.isError = false;
+    }
+  });
+
+  document.addEventListener("htmx:afterRequest", (event) => {
+    const form = event.detail.elt.closest?.("form");
+    const ok = event.detail.successful;
+    if (ok && form?.closest("#move-dialog")) form.closest("dialog").close();
+    if (ok && form?.classList.contains("add-card")) form.reset();
+  });
+
+  document.addEventListener("htmx:responseError", (event) => {
+    const status = event.detail.xhr.status;
+    const text = status === 403 ? "You do not have permission to do that."
+      : status === 404 ? "That is no longer there; the board has been refreshed."
+      : `Flux could not do that (error ${status}); the board has been refreshed.`;
+    toast(text);
+    if ($("#board")) reloadBoard();
+  });
+
+  document.addEventListener("htmx:sendError", () => {
+    toast("Flux cannot be reached; check your connection and try again.");
+  });
+
+  document.addEventListener("htmx:afterSettle", () => {
+    if (!refocus) return;
+    const element = document.getElementById(refocus);
+    if (element) element.focus();
+    refocus = null;
+  });
+
+  document.addEventListener("htmx:beforeRequest", (event) => {
+    // Keep typing into "Add a card…" fluent: the column is swapped, the field comes back focused.
+    const form = event.detail.elt.closest?.("form.add-card");
+    if (form) refocus = $("input[name=title]", form).id;
+  });
+
+  htmx.onLoad((root) => {
+    initSortable(root);
+    if (root !== document.body) openDialogs(root);
+  });
+
+  document.addEventListener("DOMContentLoaded", () => {
+    watchToasts();
+    $$("dialog.dialog[data-open]").forEach((dialog) => openDialogs(dialog));
+    $$(".flash .toast").forEach((item) => window.setTimeout(() => item.remove(), 6000));
+  });
+})();
