@@ -206,6 +206,14 @@
     refocus = null;
   });
 
+  // Filters keep the URL short: empty fields are left out of it.
+  document.addEventListener("htmx:configRequest", (event) => {
+    if (event.detail.elt.id !== "filters") return;
+    for (const name of ["q", "label", "assignee", "release"]) {
+      if (!event.detail.parameters[name]) delete event.detail.parameters[name];
+    }
+  });
+
   document.addEventListener("htmx:beforeRequest", (event) => {
     // Keep typing into "Add a card…" fluent: the column is swapped, the field comes back focused.
     const form = event.detail.elt.closest?.("form.add-card");
