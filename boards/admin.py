@@ -5,6 +5,7 @@ The admin's forms validate the input; the services then apply the change as the 
 hold cards, and membership removal is a service call.
 """
 
+from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import ValidationError
 from django.db import transaction
@@ -19,6 +20,17 @@ from boards.models import Board, Card, Column, Comment, Label, Membership
 
 def admin_actor(request: HttpRequest) -> Actor:
     return Actor(user=request.user, source=Source.ADMIN)
+
+
+def formset_saved(formset, *, new=(), changed=(), deleted=()) -> None:
+    """Tell the admin's change history what the services did for an inline.
+
+    Django reads these lists, which only `formset.save()` sets, to write its LogEntry; the
+    services save instead, so without them every save with an inline would be a 500.
+    """
+    formset.new_objects = list(new)
+    formset.changed_objects = list(changed)
+    formset.deleted_objects = list(deleted)
 
 
 class ServiceAdminMixin:
@@ -95,6 +107,7 @@ class BoardAdmin(ServiceAdminMixin, admin.ModelAdmin):
     def save_formset(self, request, form, formset, change):
         actor = admin_actor(request)
         board = form.instance
+        new, changed, deleted = [], [], []
         if formset.model is Column:
             for inline_form in formset.forms:
                 if not inline_form.has_changed():
@@ -104,9 +117,13 @@ class BoardAdmin(ServiceAdminMixin, admin.ModelAdmin):
                     k: data[k] for k in ["name", "stage", "position", "wip_limit", "wip_blocks"]
                 }
                 if inline_form.instance.pk:
-                    services.column_update(actor=actor, column_id=inline_form.instance.pk, **fields)
+                    saved = services.column_update(
+                        actor=actor, column_id=inline_form.instance.pk, **fields
+                    )
+                    changed.append((saved, inline_form.changed_data))
                 else:
-                    services.column_create(actor=actor, board_id=board.pk, **fields)
+                    new.append(services.column_create(actor=actor, board_id=board.pk, **fields))
+            formset_saved(formset, new=new, changed=changed)
         elif formset.model is Membership:
             for inline_form in formset.forms:
                 data = getattr(inline_form, "cleaned_data", None) or {}
@@ -116,6 +133,7 @@ class BoardAdmin(ServiceAdminMixin, admin.ModelAdmin):
                     services.membership_remove(
                         actor=actor, board_id=board.pk, user_id=inline_form.instance.user_id
                     )
+                    deleted.append(inline_form.instance)
                 elif inline_form.has_changed() and not data.get("DELETE"):
                     if inline_form.instance.pk and "user" in inline_form.changed_data:
                         services.membership_remove(
@@ -123,9 +141,14 @@ class BoardAdmin(ServiceAdminMixin, admin.ModelAdmin):
                             board_id=board.pk,
                             user_id=Membership.objects.get(pk=inline_form.instance.pk).user_id,
                         )
-                    services.membership_set(
+                    saved = services.membership_set(
                         actor=actor, board_id=board.pk, user_id=data["user"].pk, role=data["role"]
                     )
+                    if inline_form.instance.pk:
+                        changed.append((saved, inline_form.changed_data))
+                    else:
+                        new.append(saved)
+            formset_saved(formset, new=new, changed=changed, deleted=deleted)
         else:  # pragma: no cover - no other inlines exist
             super().save_formset(request, form, formset, change)
 
@@ -176,8 +199,21 @@ class CommentInline(admin.TabularInline):
         return False
 
 
+class CardAdminForm(forms.ModelForm):
+    """Carries the version the admin saw, so saving a stale page cannot undo a newer change."""
+
+    seen_version = forms.IntegerField(widget=forms.HiddenInput, required=False)
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.instance.pk:
+            self.fields["seen_version"].initial = self.instance.version
+            self.fields["seen_version"].required = True
+
+
 @admin.register(Card)
 class CardAdmin(ServiceAdminMixin, admin.ModelAdmin):
+    form = CardAdminForm
     list_display = ["ref_display", "title", "column", "archived", "updated_at"]
     list_filter = ["archived", "board", "column__stage"]
     search_fields = ["title", "board__key"]
@@ -193,15 +229,16 @@ class CardAdmin(ServiceAdminMixin, admin.ModelAdmin):
 
     def get_search_results(self, request, queryset, search_term):
         """Also find a card by its ref, e.g. PAY-42."""
-        queryset, may_have_duplicates = super().get_search_results(request, queryset, search_term)
+        found, may_have_duplicates = super().get_search_results(request, queryset, search_term)
         key, _, number = search_term.strip().upper().rpartition("-")
         if key and number.isdigit():
-            queryset |= self.model.objects.filter(board__key=key, number=int(number))
-        return queryset, may_have_duplicates
+            # From the queryset given, which the changelist's filters have already narrowed.
+            found |= queryset.filter(board__key=key, number=int(number))
+        return found, may_have_duplicates
 
     def get_fields(self, request, obj=None):
         fields = ["board", "column", "title", "description", "due_date", "labels", "assignees"]
-        return [*fields, "archived", "version", "created_at"] if obj else fields
+        return [*fields, "archived", "version", "seen_version", "created_at"] if obj else fields
 
     def get_readonly_fields(self, request, obj=None):
         return ["board", "version", "created_at"] if obj else []
@@ -229,13 +266,13 @@ class CardAdmin(ServiceAdminMixin, admin.ModelAdmin):
                 description=data["description"],
                 due_date=data["due_date"],
             )
-            obj.pk = created.pk
+            # The admin's "added" message and history name the card by its ref and title.
+            obj.pk, obj.number, obj.title = created.pk, created.number, created.title
             return
-        card = Card.objects.get(pk=obj.pk)
         card = services.card_update(
             actor=actor,
-            card_id=card.pk,
-            expected_version=card.version,
+            card_id=obj.pk,
+            expected_version=data["seen_version"],
             title=data["title"],
             description=data["description"],
             due_date=data["due_date"],
@@ -253,6 +290,8 @@ class CardAdmin(ServiceAdminMixin, admin.ModelAdmin):
             services.card_restore(actor=actor, card_id=card.pk)
 
     def save_related(self, request, form, formsets, change):
+        for formset in formsets:  # the comments inline is read-only
+            formset_saved(formset)
         actor = admin_actor(request)
         card = Card.objects.get(pk=form.instance.pk)
         wanted = {label.pk for label in form.cleaned_data["labels"]}

@@ -5,9 +5,15 @@ from activity.models import Source
 from boards.errors import ForbiddenError, NotFoundError
 from boards.models import Board, Membership, Role
 
+_UNKNOWN = object()
 
-def role_of(*, actor: Actor, board: Board) -> Role | None:
-    """The actor's effective role on the board: staff and the system act as admins."""
+
+def role_of(*, actor: Actor, board: Board, membership_role: str | None = _UNKNOWN) -> Role | None:
+    """The actor's effective role on the board: staff and the system act as admins.
+
+    `membership_role` is the user's Membership.role when the caller already read it (None:
+    no membership); otherwise it is looked up.
+    """
     user = actor.user
     if user is None:
         return Role.ADMIN if actor.source == Source.SYSTEM else None
@@ -15,13 +21,18 @@ def role_of(*, actor: Actor, board: Board) -> Role | None:
         return None
     if user.is_staff:
         return Role.ADMIN
-    role = Membership.objects.filter(board=board, user=user).values_list("role", flat=True).first()
-    return Role(role) if role else None
+    if membership_role is _UNKNOWN:
+        membership_role = (
+            Membership.objects.filter(board=board, user=user).values_list("role", flat=True).first()
+        )
+    return Role(membership_role) if membership_role else None
 
 
-def role_require(*, actor: Actor, board: Board, at_least: Role) -> Role:
+def role_require(
+    *, actor: Actor, board: Board, at_least: Role, membership_role: str | None = _UNKNOWN
+) -> Role:
     """The actor's role; NotFoundError for non-members (the board stays hidden), else Forbidden."""
-    role = role_of(actor=actor, board=board)
+    role = role_of(actor=actor, board=board, membership_role=membership_role)
     if role is None:
         raise NotFoundError("Board not found.")
     if role.level < at_least.level:

@@ -6,7 +6,7 @@ import markdown
 import nh3
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser
-from django.db.models import Count, F, Prefetch, Q, QuerySet, Window
+from django.db.models import Count, F, OuterRef, Prefetch, Q, QuerySet, Subquery, Window
 from django.db.models.functions import RowNumber
 from django.utils.safestring import SafeString, mark_safe
 
@@ -14,7 +14,7 @@ from activity.describe import event_describe
 from activity.log import Actor
 from activity.models import Event
 from boards.errors import NotFoundError
-from boards.models import Board, Card, Column, Comment, Label, LabelKind, Role, Stage
+from boards.models import Board, Card, Column, Comment, Label, LabelKind, Membership, Role, Stage
 from boards.permissions import role_require
 
 User = get_user_model()
@@ -80,11 +80,23 @@ def board_list_for_user(*, user: AbstractBaseUser) -> list[Board]:
 
 
 def board_get_for_user(*, user: AbstractBaseUser, key: str, at_least: Role = Role.VIEWER) -> Board:
-    """The board with that key if the user has at least that role; NotFoundError otherwise."""
-    board = Board.objects.filter(key=key.upper()).first()
+    """The board with that key if the user has at least that role; NotFoundError otherwise.
+
+    One query: the user's membership role comes along as a subquery.
+    """
+    boards = Board.objects.filter(key=key.upper())
+    if user.is_authenticated:
+        mine = Membership.objects.filter(board=OuterRef("pk"), user=user).values("role")[:1]
+        boards = boards.annotate(membership_role=Subquery(mine))
+    board = boards.first()
     if board is None:
         raise NotFoundError("Board not found.")
-    board.role = role_require(actor=Actor(user=user), board=board, at_least=at_least)
+    board.role = role_require(
+        actor=Actor(user=user),
+        board=board,
+        at_least=at_least,
+        membership_role=getattr(board, "membership_role", None),
+    )
     return board
 
 

@@ -103,7 +103,8 @@ def test_the_board_page_runs_the_same_number_of_queries_whatever_its_size(client
         services.card_assign(actor=Actor(user=bob), card_id=card.pk, user_ids=[bob.pk])
     assert Card.objects.count() == 160
     assert board_page_queries(client, "PAY") == small
-    assert small <= 8
+    assert small <= 11  # session, user, board+role, columns, counts, cards, labels, assignees,
+    # and the filter choices (labels, members) and the board switcher
 
 
 @pytest.mark.sqlite
