@@ -201,9 +201,12 @@
 
   document.addEventListener("htmx:afterSettle", () => {
     if (!refocus) return;
-    const element = document.getElementById(refocus);
-    if (element) element.focus();
+    const wanted = refocus;
     refocus = null;
+    // Only give focus back when the swap took it away; never steal it from where the person went.
+    const current = document.activeElement;
+    if (current && current !== document.body && current.isConnected) return;
+    document.getElementById(wanted)?.focus();
   });
 
   // Filters keep the URL short: empty fields are left out of it.

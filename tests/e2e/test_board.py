@@ -91,6 +91,7 @@ def test_move_with_the_keyboard(page: Page, payments, browser_log):
     expect(card(page, "PAY-2")).to_be_focused()
     page.keyboard.press("Alt+ArrowRight")
     toast(page, "PAY-2 moved to In Review.")
+    expect(card(page, "PAY-2")).to_be_focused()
     card(page, "PAY-1").focus()
     page.keyboard.press("Alt+ArrowRight")
     toast(page, "PAY-1 moved to In Progress.")
