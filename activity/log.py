@@ -20,11 +20,17 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True, slots=True)
 class Actor:
-    """Who is making a change, and through which door (web, API, admin, system)."""
+    """Who is making a change, and through which door (web, API, admin, system).
+
+    An API token narrows what its user may do: `board_ids` (None: all the user's boards)
+    and `max_role` (None: the user's own role) carry that scope to the permission checks.
+    """
 
     user: "AbstractBaseUser | None"
     source: Source = Source.WEB
     name: str = ""
+    board_ids: frozenset[int] | None = None
+    max_role: str | None = None
 
     @property
     def display_name(self) -> str:

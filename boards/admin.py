@@ -15,7 +15,8 @@ from activity.log import Actor
 from activity.models import Source
 from boards import services
 from boards.errors import FluxError
-from boards.models import Board, Card, Column, Comment, Label, Membership
+from boards.models import ApiToken, Board, Card, Column, Comment, Label, Membership
+from boards.tokens import token_create, token_revoke
 
 
 def admin_actor(request: HttpRequest) -> Actor:
@@ -303,3 +304,67 @@ class CardAdmin(ServiceAdminMixin, admin.ModelAdmin):
         services.card_assign(
             actor=actor, card_id=card.pk, user_ids=[u.pk for u in form.cleaned_data["assignees"]]
         )
+
+
+class ApiTokenForm(forms.ModelForm):
+    class Meta:
+        model = ApiToken
+        fields = ["user", "name", "role", "boards"]
+
+
+@admin.register(ApiToken)
+class ApiTokenAdmin(admin.ModelAdmin):
+    """Tokens are made here (the secret is shown once, in the message) and revoked, never edited."""
+
+    form = ApiTokenForm
+    list_display = ["name", "user", "prefix", "role", "created_at", "last_used_at", "revoked_at"]
+    list_filter = ["role", ("revoked_at", admin.EmptyFieldListFilter)]
+    search_fields = ["name", "user__username", "prefix"]
+    autocomplete_fields = ["user"]
+    filter_horizontal = ["boards"]
+    actions = ["revoke"]
+
+    def get_readonly_fields(self, request, obj=None):
+        if obj is None:
+            return []
+        return [
+            "user",
+            "name",
+            "role",
+            "boards",
+            "prefix",
+            "created_at",
+            "last_used_at",
+            "revoked_at",
+        ]
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+    def save_model(self, request, obj, form, change):
+        if change:
+            return
+        data = form.cleaned_data
+        token, secret = token_create(
+            actor=admin_actor(request),
+            user=data["user"],
+            name=data["name"],
+            role=data["role"],
+            board_keys=[board.key for board in data["boards"]],
+        )
+        obj.pk = token.pk
+        obj.prefix = token.prefix
+        self.message_user(
+            request,
+            f"Token {token.name!r} made. Copy it now, it is not shown again: {secret}",
+            level=messages.WARNING,
+        )
+
+    def save_related(self, request, form, formsets, change):
+        """token_create already set the boards."""
+
+    @admin.action(description="Revoke selected tokens")
+    def revoke(self, request, queryset):
+        for token in queryset:
+            token_revoke(actor=admin_actor(request), token_id=token.pk)
+        self.message_user(request, f"Revoked {queryset.count()} token(s).")

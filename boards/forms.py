@@ -2,8 +2,9 @@
 
 from django import forms
 
-from boards.models import DESCRIPTION_MAX_LENGTH, TITLE_MAX_LENGTH
-from boards.queries import CardFilter
+from activity.log import Actor
+from boards.models import DESCRIPTION_MAX_LENGTH, TITLE_MAX_LENGTH, Role
+from boards.queries import CardFilter, boards_visible
 
 
 class FilterForm(forms.Form):
@@ -63,3 +64,25 @@ class CommentForm(forms.Form):
 
 class VersionForm(forms.Form):
     version = forms.IntegerField(min_value=1)
+
+
+class TokenForm(forms.Form):
+    name = forms.CharField(max_length=100, help_text="Shown as the actor in the activity log.")
+    role = forms.ChoiceField(
+        choices=[
+            (Role.EDITOR.value, "Editor: move and edit cards"),
+            (Role.VIEWER.value, "Viewer: read only"),
+        ]
+    )
+    boards = forms.MultipleChoiceField(
+        required=False,
+        widget=forms.CheckboxSelectMultiple,
+        help_text="None ticked: all your boards.",
+    )
+
+    def __init__(self, *args, actor: Actor, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["boards"].choices = [
+            (board.key, f"{board.name} ({board.key})")
+            for board in boards_visible(actor=actor).order_by("name")
+        ]

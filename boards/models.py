@@ -198,3 +198,62 @@ class Comment(models.Model):
 
     def __str__(self) -> str:
         return f"Comment by {self.author_name} on {self.card_id}"
+
+
+class ApiToken(models.Model):
+    """A bearer token for the REST API, scoped to boards and a role; stored as a SHA-256 digest.
+
+    The secret is 32 random bytes, so a plain SHA-256 is as strong as a slow hash would be and
+    costs nothing per request; only its first characters (`prefix`) are kept to tell tokens
+    apart. It is shown once, when made.
+    """
+
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_tokens"
+    )
+    name = models.CharField(max_length=100, help_text="Shown as the actor in the activity log.")
+    prefix = models.CharField(max_length=12, editable=False, db_index=True)
+    digest = models.CharField(max_length=64, unique=True, editable=False)
+    role = models.CharField(
+        max_length=10,
+        choices=[(Role.EDITOR.value, Role.EDITOR.label), (Role.VIEWER.value, Role.VIEWER.label)],
+        default=Role.EDITOR,
+        help_text="The most the token may do; never more than its user's own role.",
+    )
+    boards = models.ManyToManyField(
+        Board, blank=True, related_name="+", help_text="Empty: every board of its user."
+    )
+    created_at = models.DateTimeField()
+    last_used_at = models.DateTimeField(null=True, blank=True, editable=False)
+    revoked_at = models.DateTimeField(null=True, blank=True, editable=False)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.prefix}…)"
+
+    @property
+    def active(self) -> bool:
+        return self.revoked_at is None
+
+
+class IdempotencyKey(models.Model):
+    """The first answer to a POST sent with an Idempotency-Key, replayed on retries."""
+
+    scope = models.CharField(max_length=64, help_text="Digest of the token that sent it.")
+    key = models.CharField(max_length=200)
+    fingerprint = models.CharField(max_length=64, help_text="SHA-256 of method, path and body.")
+    status = models.PositiveSmallIntegerField(null=True)
+    content_type = models.CharField(max_length=100, blank=True)
+    body = models.BinaryField(default=b"")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["scope", "key"], name="idempotency_unique_key")
+        ]
+        indexes = [models.Index(fields=["created_at"], name="idempotency_created")]
+
+    def __str__(self) -> str:
+        return f"{self.key} ({self.status or 'in progress'})"

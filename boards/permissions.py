@@ -19,13 +19,23 @@ def role_of(*, actor: Actor, board: Board, membership_role: str | None = _UNKNOW
         return Role.ADMIN if actor.source == Source.SYSTEM else None
     if not user.is_authenticated or not user.is_active:
         return None
+    if actor.board_ids is not None and board.pk not in actor.board_ids:
+        return None
     if user.is_staff:
-        return Role.ADMIN
-    if membership_role is _UNKNOWN:
-        membership_role = (
-            Membership.objects.filter(board=board, user=user).values_list("role", flat=True).first()
-        )
-    return Role(membership_role) if membership_role else None
+        role = Role.ADMIN
+    else:
+        if membership_role is _UNKNOWN:
+            membership_role = (
+                Membership.objects.filter(board=board, user=user)
+                .values_list("role", flat=True)
+                .first()
+            )
+        if not membership_role:
+            return None
+        role = Role(membership_role)
+    if actor.max_role is not None and Role(actor.max_role).level < role.level:
+        return Role(actor.max_role)
+    return role
 
 
 def role_require(

@@ -56,43 +56,46 @@ class CardFilter:
 NO_FILTER = CardFilter()
 
 
-def boards_visible_to(*, user: AbstractBaseUser) -> QuerySet[Board]:
-    """The boards a user may read: all for staff, else those they are a member of."""
-    if not user.is_authenticated or not user.is_active:
+def boards_visible(*, actor: Actor) -> QuerySet[Board]:
+    """The boards an actor may read: all for staff, else their memberships; a token narrows it."""
+    user = actor.user
+    if user is None or not user.is_authenticated or not user.is_active:
         return Board.objects.none()
-    if user.is_staff:
-        return Board.objects.all()
-    return Board.objects.filter(memberships__user=user)
+    boards = Board.objects.all() if user.is_staff else Board.objects.filter(memberships__user=user)
+    if actor.board_ids is not None:
+        boards = boards.filter(pk__in=actor.board_ids)
+    return boards
 
 
-def board_list_for_user(*, user: AbstractBaseUser) -> list[Board]:
-    """The user's boards, each with `open_by_stage` [(stage, open cards)], in one query."""
+def board_list(*, actor: Actor) -> list[Board]:
+    """The actor's boards, each with `open_by_stage` [(stage, open cards)], in one query."""
     counts = {
         f"open_{stage.value}": Count(
             "cards", filter=Q(cards__archived=False, cards__column__stage=stage.value)
         )
         for stage in Stage
     }
-    boards = list(boards_visible_to(user=user).annotate(**counts).order_by("name"))
+    boards = list(boards_visible(actor=actor).annotate(**counts).order_by("name"))
     for board in boards:
         board.open_by_stage = [(stage, getattr(board, f"open_{stage.value}")) for stage in Stage]
     return boards
 
 
-def board_get_for_user(*, user: AbstractBaseUser, key: str, at_least: Role = Role.VIEWER) -> Board:
-    """The board with that key if the user has at least that role; NotFoundError otherwise.
+def board_get(*, actor: Actor, key: str, at_least: Role = Role.VIEWER) -> Board:
+    """The board with that key if the actor has at least that role; NotFoundError otherwise.
 
     One query: the user's membership role comes along as a subquery.
     """
-    boards = Board.objects.filter(key=key.upper())
-    if user.is_authenticated:
+    boards = Board.objects.filter(key=str(key).upper())
+    user = actor.user
+    if user is not None and user.is_authenticated:
         mine = Membership.objects.filter(board=OuterRef("pk"), user=user).values("role")[:1]
         boards = boards.annotate(membership_role=Subquery(mine))
     board = boards.first()
     if board is None:
         raise NotFoundError("Board not found.")
     board.role = role_require(
-        actor=Actor(user=user),
+        actor=actor,
         board=board,
         at_least=at_least,
         membership_role=getattr(board, "membership_role", None),
@@ -157,6 +160,30 @@ def columns_view(
     return list(views.values())
 
 
+def card_search(
+    *,
+    board: Board,
+    filters: CardFilter = NO_FILTER,
+    column: int | None = None,
+    stage: str | None = None,
+    archived: bool = False,
+) -> QuerySet[Card]:
+    """A board's cards in board order, filtered; labels and assignees prefetched."""
+    cards = filters.apply(
+        Card.objects.filter(board=board, archived=archived)
+        .select_related("board", "column")
+        .prefetch_related(
+            Prefetch("labels", queryset=Label.objects.order_by("kind", "name")),
+            Prefetch("assignees", queryset=User.objects.order_by("username")),
+        )
+    )
+    if column is not None:
+        cards = cards.filter(column_id=column)
+    if stage is not None:
+        cards = cards.filter(column__stage=stage)
+    return cards.order_by("column__position", "column_id", "rank", "pk")
+
+
 def column_more(
     *, board: Board, column_id: int, after_rank: str, filters: CardFilter = NO_FILTER
 ) -> tuple[Column, list[Card], bool]:
@@ -171,10 +198,10 @@ def column_more(
     return column, page[:COLUMN_PAGE], len(page) > COLUMN_PAGE
 
 
-def board_view(*, board: Board, user: AbstractBaseUser, filters: CardFilter = NO_FILTER) -> dict:
+def board_view(*, board: Board, actor: Actor, filters: CardFilter = NO_FILTER) -> dict:
     """The board page's context, in a fixed number of queries whatever the board's size."""
     role = getattr(board, "role", None) or role_require(
-        actor=Actor(user=user), board=board, at_least=Role.VIEWER
+        actor=actor, board=board, at_least=Role.VIEWER
     )
     labels = list(board.labels.order_by("kind", "name"))
     return {
@@ -186,7 +213,7 @@ def board_view(*, board: Board, user: AbstractBaseUser, filters: CardFilter = NO
         "labels": [label for label in labels if label.kind == LabelKind.GENERAL],
         "releases": [label for label in labels if label.kind == LabelKind.RELEASE][::-1],
         "members": board_members(board=board),
-        "boards": list(boards_visible_to(user=user).order_by("name").only("name", "key")),
+        "boards": list(boards_visible(actor=actor).order_by("name").only("name", "key")),
     }
 
 
@@ -208,11 +235,9 @@ def board_members(*, board: Board) -> list[AbstractBaseUser]:
     return list(User.objects.filter(memberships__board=board, is_active=True).order_by("username"))
 
 
-def card_get_for_user(
-    *, user: AbstractBaseUser, board_key: str, number: int, at_least: Role = Role.VIEWER
-) -> Card:
-    """A card (archived too) by its ref parts if the user has that role on its board."""
-    board = board_get_for_user(user=user, key=board_key, at_least=at_least)
+def card_get(*, actor: Actor, board_key: str, number: int, at_least: Role = Role.VIEWER) -> Card:
+    """A card (archived too) by its ref parts if the actor has that role on its board."""
+    board = board_get(actor=actor, key=board_key, at_least=at_least)
     card = (
         Card.objects.filter(board=board, number=number)
         .select_related("column")

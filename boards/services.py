@@ -6,7 +6,9 @@ writes; anything it refuses raises before a row is touched (`boards.errors`, or 
 """
 
 import datetime
+import re
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from django.contrib.auth import get_user_model
@@ -15,6 +17,7 @@ from django.db import transaction
 
 from activity import clock, log
 from activity.log import Actor
+from activity.models import Event
 from boards.errors import ConflictError, ForbiddenError, NotFoundError, WipLimitError
 from boards.models import (
     DEFAULT_COLUMNS,
@@ -443,12 +446,15 @@ def card_update(
     *,
     actor: Actor,
     card_id: int,
-    expected_version: int,
+    expected_version: int | None,
     title: str = _UNSET,
     description: str = _UNSET,
     due_date: datetime.date | None = _UNSET,
 ) -> Card:
-    """Edit a card's title, description or due date; ConflictError if stale. One event."""
+    """Edit a card's title, description or due date; ConflictError if stale. One event.
+
+    `expected_version` None applies the edit to the card as it is now (last writer wins).
+    """
     card = _card_locked(card_id)
     role_require(actor=actor, board=card.board, at_least=Role.EDITOR)
     _version_check(card=card, expected_version=expected_version)
@@ -487,15 +493,17 @@ def card_move(
     actor: Actor,
     card_id: int,
     to_column_id: int,
-    expected_version: int,
+    expected_version: int | None,
     after_id: int | None = None,
     before_id: int | None = None,
+    stay_if_in_column: bool = False,
 ) -> Card:
     """Move a card after `after_id` (or before `before_id`, or to the top) of `to_column_id`.
 
     Writes the card row only (a rare rebalance of a crowded gap rewrites its column) and one
-    event; ConflictError if the caller's version is stale, WipLimitError if a blocking column
-    is full. Moving a card to where it already is changes nothing and writes no event.
+    event; ConflictError if the caller's version is stale (None: take the card as it is now),
+    WipLimitError if a blocking column is full. Moving a card to where it already is, or with
+    `stay_if_in_column` to the column it is already in, changes nothing and writes no event.
     """
     # Lock the target column first, then the card: a rebalance holds its column and then
     # rewrites that column's cards, so this order cannot deadlock with it.
@@ -507,6 +515,9 @@ def card_move(
     _version_check(card=card, expected_version=expected_version)
     if card.archived:
         raise ValidationError({"card": f"{card.ref} is archived; restore it first."})
+    no_place_asked = after_id is None and before_id is None
+    if stay_if_in_column and no_place_asked and to_column.pk == card.column_id:
+        return card
     if to_column.pk != card.column_id:
         _wip_check(column=to_column)
     lower, upper = _neighbour_ranks(
@@ -716,7 +727,9 @@ def _open_cards(column: Column):
     return Card.objects.filter(column=column, archived=False)
 
 
-def _version_check(*, card: Card, expected_version: int) -> None:
+def _version_check(*, card: Card, expected_version: int | None) -> None:
+    if expected_version is None:
+        return
     if isinstance(expected_version, bool) or not isinstance(expected_version, int):
         raise ValidationError({"expected_version": "The card version you saw is required."})
     if card.version != expected_version:
@@ -807,3 +820,114 @@ def card_edit(
     for label_id in sorted(current - wanted):
         card = card_label_remove(actor=actor, card_id=card_id, label_id=label_id)
     return card_assign(actor=actor, card_id=card_id, user_ids=assignee_ids)
+
+
+# ---------------------------------------------------------------------------------------------
+# Deployments
+
+DEPLOY_STAGE = {"production": Stage.DEPLOYED, "staging": Stage.STAGING}
+CARD_REF_RE = re.compile(r"\b([A-Z][A-Z0-9]{1,9})-(\d{1,9})\b")
+
+
+@dataclass(frozen=True)
+class Commit:
+    sha: str
+    timestamp: datetime.datetime | None = None
+    message: str = ""
+
+
+@dataclass(frozen=True)
+class DeploymentResult:
+    event: Event
+    cards: list[Card]
+    moved: list[Card]
+
+
+def card_refs_in(text: str, *, board_key: str) -> list[int]:
+    """Numbers of the board's card refs named in `text` ("fixes PAY-42" gives [42])."""
+    return [int(number) for key, number in CARD_REF_RE.findall(text) if key == board_key]
+
+
+@transaction.atomic
+def deployment_record(
+    *,
+    actor: Actor,
+    board_id: int,
+    version: str,
+    environment: str,
+    status: str,
+    card_numbers: Iterable[int] | None = None,
+    commits: Iterable[Commit] = (),
+    url: str = "",
+    started_at: datetime.datetime | None = None,
+    finished_at: datetime.datetime | None = None,
+) -> DeploymentResult:
+    """Record one deployment event; a successful one to production (or staging) also labels
+    its cards with the release and moves them to Deployed (or Staging).
+
+    Cards come from `card_numbers`, or else from the refs named in the commit messages.
+    Unknown cards are refused before anything is written.
+    """
+    board = _board_locked(board_id)
+    role_require(actor=actor, board=board, at_least=Role.EDITOR)
+    version = _clean_text(version, field="version", max_length=50)
+    environment = _clean_text(environment, field="environment", max_length=50).lower()
+    if status not in ("success", "failed"):
+        raise ValidationError({"status": "A deployment's status is success or failed."})
+    commits = list(commits)
+    if card_numbers is None:
+        card_numbers = [n for c in commits for n in card_refs_in(c.message, board_key=board.key)]
+    numbers = list(dict.fromkeys(card_numbers))  # named twice, deployed once
+    cards = list(Card.objects.filter(board=board, number__in=numbers).select_related("column"))
+    missing = sorted(set(numbers) - {card.number for card in cards})
+    if missing:
+        refs = ", ".join(f"{board.key}-{n}" for n in missing)
+        raise ValidationError({"cards": f"{board.key} has no cards {refs}."})
+    for card in cards:
+        card.board = board
+    cards.sort(key=lambda card: numbers.index(card.number))
+    moved: list[Card] = []
+    stage = DEPLOY_STAGE.get(environment)
+    if status == "success" and stage is not None and cards:
+        target = board.columns.filter(stage=stage).order_by("position").first()
+        label = label_get_or_create(
+            actor=actor, board_id=board.pk, name=version, kind=LabelKind.RELEASE, colour="#059669"
+        )
+        for card in cards:
+            card_label_add(actor=actor, card_id=card.pk, label_id=label.pk)
+            if target is not None and not card.archived:
+                after = card_move(
+                    actor=actor,
+                    card_id=card.pk,
+                    to_column_id=target.pk,
+                    expected_version=None,
+                    stay_if_in_column=True,
+                )
+                if after.column_id != card.column_id:
+                    moved.append(after)
+    event = log.record(
+        actor=actor,
+        board=board,
+        kind="deployment.recorded",
+        payload={
+            "deployment": {
+                "version": version,
+                "environment": environment,
+                "status": status,
+                "url": url,
+                "started_at": started_at.isoformat() if started_at else None,
+                "finished_at": finished_at.isoformat() if finished_at else None,
+                "commits": [
+                    {
+                        "sha": c.sha,
+                        "timestamp": c.timestamp.isoformat() if c.timestamp else None,
+                        "message": c.message,
+                    }
+                    for c in commits
+                ],
+                "cards": [{"id": c.pk, "ref": c.ref, "number": c.number} for c in cards],
+            },
+            "moved": [card.ref for card in moved],
+        },
+    )
+    return DeploymentResult(event=event, cards=cards, moved=moved)

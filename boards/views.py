@@ -17,8 +17,16 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from activity.log import Actor
 from boards import queries, services
 from boards.errors import ConflictError, WipLimitError, refusal_message
-from boards.forms import CardCreateForm, CardEditForm, CommentForm, FilterForm, MoveForm
+from boards.forms import (
+    CardCreateForm,
+    CardEditForm,
+    CommentForm,
+    FilterForm,
+    MoveForm,
+    TokenForm,
+)
 from boards.models import Board, Card, Role
+from boards.tokens import token_create, token_revoke
 
 BOARD = "boards/board.html"
 
@@ -49,14 +57,14 @@ def _render(request, template, context, status=200) -> HttpResponse:
 
 @require_GET
 def board_list(request: HttpRequest) -> HttpResponse:
-    boards = queries.board_list_for_user(user=request.user)
+    boards = queries.board_list(actor=_actor(request))
     return render(request, "boards/board_list.html", {"boards": boards})
 
 
 @require_GET
 def board_detail(request: HttpRequest, key: str) -> HttpResponse:
-    board = queries.board_get_for_user(user=request.user, key=key)
-    context = queries.board_view(board=board, user=request.user, filters=_filters(request))
+    board = queries.board_get(actor=_actor(request), key=key)
+    context = queries.board_view(board=board, actor=_actor(request), filters=_filters(request))
     context["filter_query"] = _filter_query(request)
     template = f"{BOARD}#board" if _wants_fragment(request) else BOARD
     return _render(request, template, context)
@@ -98,8 +106,8 @@ def _after_post(request: HttpRequest, board: Board, message: str, level=messages
 @require_http_methods(["GET", "POST"])
 def card_move_view(request: HttpRequest, key: str, number: int) -> HttpResponse:
     """GET: the "Move to…" form (works without JavaScript). POST: the move itself."""
-    card = queries.card_get_for_user(
-        user=request.user, board_key=key, number=number, at_least=Role.EDITOR
+    card = queries.card_get(
+        actor=_actor(request), board_key=key, number=number, at_least=Role.EDITOR
     )
     board = card.board
     if request.method == "GET":
@@ -171,7 +179,7 @@ def column_cards_view(request: HttpRequest, key: str, column_id: int) -> HttpRes
 
 
 def _card_create(request: HttpRequest, key: str, column_id: int) -> HttpResponse:
-    board = queries.board_get_for_user(user=request.user, key=key, at_least=Role.EDITOR)
+    board = queries.board_get(actor=_actor(request), key=key, at_least=Role.EDITOR)
     form = CardCreateForm(request.POST)
     error = ""
     if form.is_valid():
@@ -200,7 +208,7 @@ def _card_create(request: HttpRequest, key: str, column_id: int) -> HttpResponse
 
 
 def _column_page(request: HttpRequest, key: str, column_id: int) -> HttpResponse:
-    board = queries.board_get_for_user(user=request.user, key=key)
+    board = queries.board_get(actor=_actor(request), key=key)
     column, cards, has_more = queries.column_more(
         board=board,
         column_id=column_id,
@@ -259,17 +267,17 @@ def _dialog_context(request, card: Card, form: CardEditForm | None = None, **ext
 @require_http_methods(["GET", "POST"])
 def card_detail(request: HttpRequest, key: str, number: int) -> HttpResponse:
     """The card dialog: its own URL, a whole page without htmx, the dialog alone with it."""
-    card = queries.card_get_for_user(user=request.user, board_key=key, number=number)
+    card = queries.card_get(actor=_actor(request), board_key=key, number=number)
     board = card.board
     if request.method == "GET":
         if _wants_fragment(request):
             return _render(request, f"{BOARD}#card-dialog", _dialog_context(request, card))
-        context = queries.board_view(board=board, user=request.user, filters=_filters(request))
+        context = queries.board_view(board=board, actor=_actor(request), filters=_filters(request))
         context |= _dialog_context(request, card)
         context["open_card"] = card
         return _render(request, BOARD, context)
 
-    queries.board_get_for_user(user=request.user, key=key, at_least=Role.EDITOR)
+    queries.board_get(actor=_actor(request), key=key, at_least=Role.EDITOR)
     labels = queries.card_label_choices(card=card)
     members = queries.board_members(board=board)
     form = CardEditForm(request.POST, labels=labels, members=members)
@@ -288,7 +296,7 @@ def card_detail(request: HttpRequest, key: str, number: int) -> HttpResponse:
                 assignee_ids=data["assignees"],
             )
         except ConflictError as conflict:
-            card = queries.card_get_for_user(user=request.user, board_key=key, number=number)
+            card = queries.card_get(actor=_actor(request), board_key=key, number=number)
             typed = request.POST.copy()
             typed["version"] = conflict.card.version
             form = CardEditForm(typed, labels=labels, members=members)
@@ -304,14 +312,14 @@ def card_detail(request: HttpRequest, key: str, number: int) -> HttpResponse:
         else:
             if not request.htmx:
                 return _after_post(request, board, f"{card.ref} saved.")
-            card = queries.card_get_for_user(user=request.user, board_key=key, number=number)
+            card = queries.card_get(actor=_actor(request), board_key=key, number=number)
             context = _dialog_context(request, card, saved=True)
             context |= {"columns": queries.columns_view(board=board, column_ids=[card.column_id])}
             return _render(request, f"{BOARD}#card-saved", context)
     else:
         status = 422
     if not request.htmx:
-        context = queries.board_view(board=board, user=request.user)
+        context = queries.board_view(board=board, actor=_actor(request))
         context |= _dialog_context(request, card, form=form, notice=notice)
         context["open_card"] = card
         return _render(request, BOARD, context, status=status)
@@ -320,13 +328,13 @@ def card_detail(request: HttpRequest, key: str, number: int) -> HttpResponse:
 
 
 def _card_action(request: HttpRequest, key: str, number: int, action) -> HttpResponse:
-    card = queries.card_get_for_user(
-        user=request.user, board_key=key, number=number, at_least=Role.EDITOR
+    card = queries.card_get(
+        actor=_actor(request), board_key=key, number=number, at_least=Role.EDITOR
     )
     card = action(card)
     if not request.htmx:
         return redirect(reverse("boards:card", args=[key, number]))
-    card = queries.card_get_for_user(user=request.user, board_key=key, number=number)
+    card = queries.card_get(actor=_actor(request), board_key=key, number=number)
     context = _dialog_context(request, card)
     context |= {"columns": queries.columns_view(board=card.board, column_ids=[card.column_id])}
     return _render(request, f"{BOARD}#card-saved", context)
@@ -354,8 +362,8 @@ def card_restore_view(request: HttpRequest, key: str, number: int) -> HttpRespon
 
 @require_POST
 def comment_add_view(request: HttpRequest, key: str, number: int) -> HttpResponse:
-    card = queries.card_get_for_user(
-        user=request.user, board_key=key, number=number, at_least=Role.EDITOR
+    card = queries.card_get(
+        actor=_actor(request), board_key=key, number=number, at_least=Role.EDITOR
     )
     form = CommentForm(request.POST)
     status = 200
@@ -376,3 +384,42 @@ def comment_add_view(request: HttpRequest, key: str, number: int) -> HttpRespons
     context = _dialog_context(request, card)
     context["comment_form"] = form
     return _render(request, f"{BOARD}#card-talk", context, status=status)
+
+
+@require_http_methods(["GET", "POST"])
+def token_settings(request: HttpRequest) -> HttpResponse:
+    """The user's API tokens: make one (its secret shown once, on this response) or revoke."""
+    actor = _actor(request)
+    secret, made, form = "", None, TokenForm(actor=actor)
+    if request.method == "POST" and "revoke" in request.POST:
+        try:
+            token_id = int(request.POST["revoke"])
+        except ValueError:
+            token_id = 0
+        token = token_revoke(actor=actor, token_id=token_id)
+        messages.success(request, f"Token {token.name!r} revoked.")
+        return redirect("tokens")
+    if request.method == "POST":
+        form = TokenForm(request.POST, actor=actor)
+        if form.is_valid():
+            try:
+                made, secret = token_create(
+                    actor=actor,
+                    user=request.user,
+                    name=form.cleaned_data["name"],
+                    role=form.cleaned_data["role"],
+                    board_keys=form.cleaned_data["boards"],
+                )
+            except ValidationError as invalid:
+                for field, errors in invalid.message_dict.items():
+                    form.add_error(field if field in form.fields else None, errors)
+            else:
+                form = TokenForm(actor=actor)
+    tokens = request.user.api_tokens.prefetch_related("boards").order_by("-created_at")
+    context = {"tokens": tokens, "form": form, "secret": secret, "made": made}
+    response = render(
+        request, "boards/tokens.html", context, status=200 if not form.errors else 422
+    )
+    if secret:
+        response["Cache-Control"] = "no-store"
+    return response

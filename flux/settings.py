@@ -54,6 +54,7 @@ INSTALLED_APPS = [
     "whitenoise.runserver_nostatic",
     "django.contrib.staticfiles",
     "django_htmx",
+    "ninja",
     "activity",
     "boards",
 ]
@@ -66,11 +67,12 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
-    "django.contrib.auth.middleware.LoginRequiredMiddleware",
+    "flux.middleware.LoginRequiredMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
     "flux.middleware.ServiceErrorMiddleware",
+    "flux.middleware.IdempotencyMiddleware",
 ]
 
 ROOT_URLCONF = "flux.urls"
@@ -122,6 +124,10 @@ if REDIS_URL:
             "KEY_PREFIX": "flux",
         }
     }
+
+# --- API ----------------------------------------------------------------------------------
+
+API_RATE_LIMIT_PER_MINUTE = int(os.environ.get("API_RATE_LIMIT_PER_MINUTE", "600"))
 
 # --- Celery -------------------------------------------------------------------------------
 # With no REDIS_URL, tasks run eagerly in-process so `make run` needs nothing else.

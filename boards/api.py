@@ -1,0 +1,394 @@
+"""REST routes for boards, cards and deployments: parse, call a query or service, serialise."""
+
+import datetime
+from typing import Literal
+
+from django.contrib.auth import get_user_model
+from django.core.exceptions import ValidationError
+from django.db import transaction
+from django.http import HttpRequest
+from django.urls import reverse
+from ninja import Field, Query, Router, Schema
+from ninja.responses import Status
+
+from boards import queries, services
+from boards.errors import NotFoundError
+from boards.models import BOARD_KEY_RE, Board, Card, Column, LabelKind, Role, Stage
+from flux.problems import ERRORS, WRITE_ERRORS
+
+User = get_user_model()
+router = Router(tags=["boards"])
+
+REF_PATTERN = r"^[A-Za-z][A-Za-z0-9]{1,9}-[0-9]{1,9}$"
+
+
+# --- schemas ----------------------------------------------------------------------------------
+
+
+class ColumnOut(Schema):
+    id: int
+    name: str
+    stage: Stage
+    position: int
+    wip_limit: int | None
+    wip_blocks: bool
+    open_cards: int
+
+
+class BoardSummary(Schema):
+    key: str
+    name: str
+    description: str
+    open_by_stage: dict[str, int]
+
+
+class BoardOut(Schema):
+    key: str
+    name: str
+    description: str
+    columns: list[ColumnOut]
+
+
+class CardOut(Schema):
+    ref: str
+    number: int
+    board: str
+    title: str
+    description: str
+    column: str
+    stage: Stage
+    version: int
+    archived: bool
+    due_date: datetime.date | None
+    labels: list[str]
+    releases: list[str]
+    assignees: list[str]
+    created_at: datetime.datetime
+    updated_at: datetime.datetime
+    entered_column_at: datetime.datetime
+    url: str
+
+
+class CardPage(Schema):
+    items: list[CardOut]
+    count: int
+    limit: int
+    offset: int
+
+
+class CardIn(Schema):
+    title: str = Field(min_length=1, max_length=200)
+    description: str = Field("", max_length=20_000)
+    column: str | None = Field(None, max_length=50, description="Column name or stage.")
+    due_date: datetime.date | None = None
+    labels: list[str] = Field(default_factory=list, max_length=50)
+    assignees: list[str] = Field(default_factory=list, max_length=50)
+
+
+class CardPatch(Schema):
+    title: str | None = Field(None, min_length=1, max_length=200)
+    description: str | None = Field(None, max_length=20_000)
+    due_date: datetime.date | None = None
+    expected_version: int | None = Field(None, ge=1, le=2_147_483_647)
+
+
+class MoveIn(Schema):
+    to: str = Field(min_length=1, max_length=50, description="Column name or stage.")
+    after: str | None = Field(None, pattern=REF_PATTERN)
+    before: str | None = Field(None, pattern=REF_PATTERN)
+    expected_version: int | None = Field(None, ge=1, le=2_147_483_647)
+
+
+class CommitIn(Schema):
+    sha: str = Field(min_length=4, max_length=64, pattern=r"^[0-9a-fA-F]+$")
+    timestamp: datetime.datetime | None = None
+    message: str = Field("", max_length=10_000)
+
+
+class DeploymentIn(Schema):
+    board: str = Field(pattern=BOARD_KEY_RE.replace("[A-Z]", "[A-Za-z]"))
+    version: str = Field(min_length=1, max_length=50)
+    environment: str = Field(min_length=1, max_length=50)
+    status: Literal["success", "failed"]
+    cards: list[str] | None = Field(None, max_length=500)
+    commits: list[CommitIn] = Field(default_factory=list, max_length=1000)
+    url: str = Field("", max_length=500)
+    started_at: datetime.datetime | None = None
+    finished_at: datetime.datetime | None = None
+
+
+class DeploymentOut(Schema):
+    id: int
+    board: str
+    version: str
+    environment: str
+    status: str
+    cards: list[str]
+    moved: list[str]
+    recorded_at: datetime.datetime
+
+
+# --- helpers ----------------------------------------------------------------------------------
+
+
+def _card_out(card: Card) -> CardOut:
+    labels = list(card.labels.all())
+    return CardOut(
+        ref=card.ref,
+        number=card.number,
+        board=card.board.key,
+        title=card.title,
+        description=card.description,
+        column=card.column.name,
+        stage=card.column.stage,
+        version=card.version,
+        archived=card.archived,
+        due_date=card.due_date,
+        labels=[label.name for label in labels if label.kind == LabelKind.GENERAL],
+        releases=[label.name for label in labels if label.kind == LabelKind.RELEASE],
+        assignees=[user.get_username() for user in card.assignees.all()],
+        created_at=card.created_at,
+        updated_at=card.updated_at,
+        entered_column_at=card.entered_column_at,
+        url=reverse("boards:card", args=[card.board.key, card.number]),
+    )
+
+
+def _parse_ref(ref: str) -> tuple[str, int]:
+    key, _, number = ref.upper().rpartition("-")
+    if not key or not number.isdigit() or len(number) > 9:
+        raise NotFoundError("Card not found.")
+    return key, int(number)
+
+
+def _card(request: HttpRequest, ref: str, at_least: Role = Role.VIEWER) -> Card:
+    key, number = _parse_ref(ref)
+    return queries.card_get(actor=request.actor, board_key=key, number=number, at_least=at_least)
+
+
+def _column_for(board: Board, name_or_stage: str) -> Column:
+    """A column by its name (any case), else the first column of that stage."""
+    wanted = name_or_stage.strip()
+    columns = list(board.columns.order_by("position", "id"))
+    for column in columns:
+        if column.name.lower() == wanted.lower():
+            return column
+    for column in columns:
+        if column.stage == wanted.lower():
+            return column
+    raise ValidationError({"to": f"{board.key} has no column or stage called {wanted!r}."})
+
+
+def _neighbour(board: Board, ref: str | None) -> int | None:
+    if ref is None:
+        return None
+    key, number = _parse_ref(ref)
+    card_id = Card.objects.filter(board=board, number=number).values_list("pk", flat=True).first()
+    if key != board.key or card_id is None:
+        raise ValidationError({"after": f"{ref} is not a card of {board.key}."})
+    return card_id
+
+
+def _fresh(card: Card) -> Card:
+    return (
+        Card.objects.select_related("board", "column")
+        .prefetch_related("labels", "assignees")
+        .get(pk=card.pk)
+    )
+
+
+# --- routes -----------------------------------------------------------------------------------
+
+
+@router.get("/boards", response={200: list[BoardSummary], **ERRORS})
+def board_list(request: HttpRequest):
+    """The boards this token can see, with open cards per stage."""
+    return [
+        BoardSummary(
+            key=board.key,
+            name=board.name,
+            description=board.description,
+            open_by_stage={stage.value: count for stage, count in board.open_by_stage},
+        )
+        for board in queries.board_list(actor=request.actor)
+    ]
+
+
+@router.get("/boards/{key}", response={200: BoardOut, **ERRORS})
+def board_detail(request: HttpRequest, key: str):
+    """A board and its columns: stage, open cards, WIP limit."""
+    board = queries.board_get(actor=request.actor, key=key)
+    columns = queries.columns_view(board=board, limit=0)
+    return BoardOut(
+        key=board.key,
+        name=board.name,
+        description=board.description,
+        columns=[
+            ColumnOut(
+                id=view.column.pk,
+                name=view.column.name,
+                stage=view.column.stage,
+                position=view.column.position,
+                wip_limit=view.column.wip_limit,
+                wip_blocks=view.column.wip_blocks,
+                open_cards=view.total,
+            )
+            for view in columns
+        ],
+    )
+
+
+class CardQuery(Schema):
+    column: str | None = Field(None, max_length=50, description="Column name or stage.")
+    stage: Stage | None = None
+    label: str | None = Field(None, max_length=50)
+    release: str | None = Field(None, max_length=50)
+    assignee: str | None = Field(None, max_length=150)
+    q: str | None = Field(None, max_length=200, description="Text in title, description or ref.")
+    archived: bool = False
+    limit: int = Field(50, ge=1, le=500)
+    offset: int = Field(0, ge=0, le=10_000_000)
+
+
+@router.get("/boards/{key}/cards", response={200: CardPage, **ERRORS})
+def card_list(request: HttpRequest, key: str, filters: Query[CardQuery]):
+    """A board's cards in board order (column, then rank), filtered and paginated."""
+    board = queries.board_get(actor=request.actor, key=key)
+    cards = queries.card_search(
+        board=board,
+        filters=queries.CardFilter(
+            text=filters.q or "",
+            label=filters.label or "",
+            assignee=filters.assignee or "",
+            release=filters.release or "",
+        ),
+        column=_column_for(board, filters.column).pk if filters.column else None,
+        stage=filters.stage,
+        archived=filters.archived,
+    )
+    page = list(cards[filters.offset : filters.offset + filters.limit])
+    return CardPage(
+        items=[_card_out(card) for card in page],
+        count=cards.count(),
+        limit=filters.limit,
+        offset=filters.offset,
+    )
+
+
+@router.post("/boards/{key}/cards", response={201: CardOut, **WRITE_ERRORS})
+def card_create(request: HttpRequest, key: str, payload: CardIn):
+    """Create a card at the bottom of a column (default: To Do), with labels and assignees."""
+    board = queries.board_get(actor=request.actor, key=key, at_least=Role.EDITOR)
+    actor = request.actor
+    with transaction.atomic():
+        column = _column_for(board, payload.column) if payload.column else None
+        card = services.card_create(
+            actor=actor,
+            board_id=board.pk,
+            column_id=column.pk if column else None,
+            title=payload.title,
+            description=payload.description,
+            due_date=payload.due_date,
+        )
+        for name in dict.fromkeys(payload.labels):
+            label = services.label_get_or_create(actor=actor, board_id=board.pk, name=name)
+            services.card_label_add(actor=actor, card_id=card.pk, label_id=label.pk)
+        if payload.assignees:
+            users = dict(
+                User.objects.filter(username__in=payload.assignees).values_list("username", "pk")
+            )
+            unknown = sorted(set(payload.assignees) - set(users))
+            if unknown:
+                raise ValidationError({"assignees": f"Unknown users: {', '.join(unknown)}."})
+            services.card_assign(actor=actor, card_id=card.pk, user_ids=users.values())
+    return Status(201, _card_out(_fresh(card)))
+
+
+@router.get("/cards/{ref}", response={200: CardOut, **ERRORS})
+def card_detail(request: HttpRequest, ref: str):
+    """A card by its ref, e.g. PAY-42."""
+    return _card_out(_fresh(_card(request, ref)))
+
+
+@router.patch("/cards/{ref}", response={200: CardOut, **WRITE_ERRORS})
+def card_patch(request: HttpRequest, ref: str, payload: CardPatch):
+    """Change a card's title, description or due date; send expected_version to be safe."""
+    card = _card(request, ref, Role.EDITOR)
+    changes = payload.model_dump(exclude_unset=True, exclude={"expected_version"})
+    if "title" in changes and changes["title"] is None:
+        raise ValidationError({"title": "A card's title cannot be null."})
+    if "description" in changes and changes["description"] is None:
+        changes["description"] = ""
+    card = services.card_update(
+        actor=request.actor,
+        card_id=card.pk,
+        expected_version=payload.expected_version,
+        **changes,
+    )
+    return _card_out(_fresh(card))
+
+
+@router.post("/cards/{ref}/move", response={200: CardOut, **WRITE_ERRORS})
+def card_move(request: HttpRequest, ref: str, payload: MoveIn):
+    """Move a card to a column (by name or stage), optionally after or before another card.
+
+    Without after/before the card goes to the top of the column, unless it is already in that
+    column: then nothing changes and no event is written.
+    """
+    card = _card(request, ref, Role.EDITOR)
+    board = card.board
+    column = _column_for(board, payload.to)
+    card = services.card_move(
+        actor=request.actor,
+        card_id=card.pk,
+        to_column_id=column.pk,
+        expected_version=payload.expected_version,
+        after_id=_neighbour(board, payload.after),
+        before_id=_neighbour(board, payload.before),
+        stay_if_in_column=True,
+    )
+    return _card_out(_fresh(card))
+
+
+@router.post("/deployments", response={201: DeploymentOut, **WRITE_ERRORS})
+def deployment_create(request: HttpRequest, payload: DeploymentIn):
+    """Record a deployment. A successful one to production moves its cards to Deployed (to
+    staging: Staging) and labels them with the release; cards may be named in commit messages.
+    """
+    board = queries.board_get(actor=request.actor, key=payload.board, at_least=Role.EDITOR)
+    numbers = None
+    if payload.cards is not None:
+        numbers = []
+        for ref in payload.cards:
+            key, number = _parse_ref(ref)
+            if key != board.key:
+                raise ValidationError({"cards": f"{ref} is not a card of {board.key}."})
+            numbers.append(number)
+    result = services.deployment_record(
+        actor=request.actor,
+        board_id=board.pk,
+        version=payload.version,
+        environment=payload.environment,
+        status=payload.status,
+        card_numbers=numbers,
+        commits=[
+            services.Commit(sha=c.sha, timestamp=c.timestamp, message=c.message)
+            for c in payload.commits
+        ],
+        url=payload.url,
+        started_at=payload.started_at,
+        finished_at=payload.finished_at,
+    )
+    return Status(
+        201,
+        DeploymentOut(
+            id=result.event.pk,
+            board=board.key,
+            version=payload.version,
+            environment=payload.environment.lower(),
+            status=payload.status,
+            cards=[card.ref for card in result.cards],
+            moved=[card.ref for card in result.moved],
+            recorded_at=result.event.occurred_at,
+        ),
+    )
