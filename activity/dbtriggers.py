@@ -45,6 +45,11 @@ SQLITE = [
     "DROP TRIGGER IF EXISTS activity_event_no_delete",
     """CREATE TRIGGER activity_event_no_delete BEFORE DELETE ON activity_event
        BEGIN SELECT RAISE(ABORT, 'activity_event is append-only: DELETE refused'); END""",
+    # INSERT OR REPLACE deletes the old row without firing delete triggers: refuse it here.
+    "DROP TRIGGER IF EXISTS activity_event_no_replace",
+    """CREATE TRIGGER activity_event_no_replace BEFORE INSERT ON activity_event
+       WHEN EXISTS (SELECT 1 FROM activity_event WHERE id = NEW.id)
+       BEGIN SELECT RAISE(ABORT, 'activity_event is append-only: REPLACE refused'); END""",
 ]
 
 
@@ -71,5 +76,5 @@ def uninstall(apps, schema_editor: BaseDatabaseSchemaEditor) -> None:
             "DROP TRIGGER IF EXISTS activity_event_txid ON activity_event;"
         )
     elif vendor == "sqlite":
-        schema_editor.execute("DROP TRIGGER IF EXISTS activity_event_no_update")
-        schema_editor.execute("DROP TRIGGER IF EXISTS activity_event_no_delete")
+        for name in ["no_update", "no_delete", "no_replace"]:
+            schema_editor.execute(f"DROP TRIGGER IF EXISTS activity_event_{name}")

@@ -64,6 +64,7 @@ class Event(models.Model):
     def save(self, *args, **kwargs):
         if not self._state.adding:
             raise AppendOnlyError("Events are append-only; they cannot be updated.")
+        kwargs["force_insert"] = True  # never an UPDATE, even with an explicit id
         super().save(*args, **kwargs)
 
     def delete(self, *args, **kwargs):

@@ -16,6 +16,7 @@ from activity.models import Source
 from boards import services
 from boards.errors import FluxError
 from boards.models import ApiToken, Board, Card, Column, Comment, Label, Membership
+from boards.queries import ref_parse
 from boards.tokens import token_create, token_revoke
 
 
@@ -218,7 +219,7 @@ class CardAdmin(ServiceAdminMixin, admin.ModelAdmin):
     list_display = ["ref_display", "title", "column", "archived", "updated_at"]
     list_filter = ["archived", "board", "column__stage"]
     search_fields = ["title", "board__key"]
-    list_select_related = ["board", "column"]
+    list_select_related = ["board", "column__board"]
     autocomplete_fields = ["assignees"]
     filter_horizontal = ["labels"]
     inlines = [CommentInline]
@@ -231,10 +232,10 @@ class CardAdmin(ServiceAdminMixin, admin.ModelAdmin):
     def get_search_results(self, request, queryset, search_term):
         """Also find a card by its ref, e.g. PAY-42."""
         found, may_have_duplicates = super().get_search_results(request, queryset, search_term)
-        key, _, number = search_term.strip().upper().rpartition("-")
-        if key and number.isdigit():
+        if ref := ref_parse(search_term):
+            key, number = ref
             # From the queryset given, which the changelist's filters have already narrowed.
-            found |= queryset.filter(board__key=key, number=int(number))
+            found |= queryset.filter(board__key=key, number=number)
         return found, may_have_duplicates
 
     def get_fields(self, request, obj=None):
@@ -278,6 +279,8 @@ class CardAdmin(ServiceAdminMixin, admin.ModelAdmin):
             description=data["description"],
             due_date=data["due_date"],
         )
+        if not data["archived"] and card.archived:  # restore first: only open cards move
+            card = services.card_restore(actor=actor, card_id=card.pk)
         if data["column"].pk != card.column_id:
             card = services.card_move(
                 actor=actor,
@@ -287,8 +290,6 @@ class CardAdmin(ServiceAdminMixin, admin.ModelAdmin):
             )
         if data["archived"] and not card.archived:
             services.card_archive(actor=actor, card_id=card.pk)
-        elif not data["archived"] and card.archived:
-            services.card_restore(actor=actor, card_id=card.pk)
 
     def save_related(self, request, form, formsets, change):
         for formset in formsets:  # the comments inline is read-only

@@ -155,10 +155,10 @@ def _card_out(card: Card) -> CardOut:
 
 
 def _parse_ref(ref: str) -> tuple[str, int]:
-    key, _, number = ref.upper().rpartition("-")
-    if not key or not number.isdigit() or len(number) > 9:
+    parsed = queries.ref_parse(ref)
+    if parsed is None:
         raise NotFoundError("Card not found.")
-    return key, int(number)
+    return parsed
 
 
 def _card(request: HttpRequest, ref: str, at_least: Role = Role.VIEWER) -> Card:

@@ -24,11 +24,15 @@ class FilterForm(forms.Form):
         )
 
 
+MAX_ID = 2**63 - 1
+MAX_VERSION = 2**31 - 1
+
+
 class MoveForm(forms.Form):
-    to_column = forms.IntegerField(min_value=1)
-    after = forms.IntegerField(required=False, min_value=1)
-    before = forms.IntegerField(required=False, min_value=1)
-    version = forms.IntegerField(min_value=1)
+    to_column = forms.IntegerField(min_value=1, max_value=MAX_ID)
+    after = forms.IntegerField(required=False, min_value=1, max_value=MAX_ID)
+    before = forms.IntegerField(required=False, min_value=1, max_value=MAX_ID)
+    version = forms.IntegerField(min_value=1, max_value=MAX_VERSION)
 
 
 class CardCreateForm(forms.Form):
@@ -36,7 +40,7 @@ class CardCreateForm(forms.Form):
 
 
 class CardEditForm(forms.Form):
-    version = forms.IntegerField(min_value=1, widget=forms.HiddenInput)
+    version = forms.IntegerField(min_value=1, max_value=MAX_VERSION, widget=forms.HiddenInput)
     title = forms.CharField(max_length=TITLE_MAX_LENGTH, strip=True)
     description = forms.CharField(
         required=False,
@@ -60,10 +64,6 @@ class CardEditForm(forms.Form):
 
 class CommentForm(forms.Form):
     body = forms.CharField(max_length=10_000, strip=True, widget=forms.Textarea(attrs={"rows": 3}))
-
-
-class VersionForm(forms.Form):
-    version = forms.IntegerField(min_value=1)
 
 
 class TokenForm(forms.Form):

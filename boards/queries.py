@@ -1,5 +1,6 @@
 """Every read the views and API need, permission-filtered, in a fixed number of SQL queries."""
 
+import re
 from dataclasses import dataclass, field
 
 import markdown
@@ -24,6 +25,16 @@ User = get_user_model()
 COLUMN_PAGE = 50
 
 
+REF_RE = re.compile(r"([A-Z][A-Z0-9]{1,9})-([0-9]{1,9})")
+RANK_RE = re.compile(r"[0-9A-Za-z]{1,255}")
+
+
+def ref_parse(text: str) -> tuple[str, int] | None:
+    """("PAY", 42) for "PAY-42" or "pay-42"; None for anything else."""
+    match = REF_RE.fullmatch(str(text).strip().upper())
+    return (match[1], int(match[2])) if match else None
+
+
 @dataclass(frozen=True)
 class CardFilter:
     """What the board is narrowed to; empty fields match everything."""
@@ -39,10 +50,9 @@ class CardFilter:
 
     def apply(self, cards: QuerySet[Card]) -> QuerySet[Card]:
         if self.text:
-            ref_key, _, ref_number = self.text.strip().upper().rpartition("-")
             match = Q(title__icontains=self.text) | Q(description__icontains=self.text)
-            if ref_number.isdigit():
-                match |= Q(board__key=ref_key, number=int(ref_number))
+            if ref := ref_parse(self.text):
+                match |= Q(board__key=ref[0], number=ref[1])
             cards = cards.filter(match)
         if self.label:
             cards = cards.filter(labels__name=self.label, labels__kind=LabelKind.GENERAL)
@@ -191,6 +201,7 @@ def column_more(
     column = Column.objects.filter(board=board, pk=column_id).first()
     if column is None:
         raise NotFoundError("Column not found.")
+    after_rank = after_rank if RANK_RE.fullmatch(after_rank) else ""
     cards = filters.apply(_card_rows(board).filter(column=column, rank__gt=after_rank))
     page = list(cards.order_by("rank")[: COLUMN_PAGE + 1])
     for card in page:

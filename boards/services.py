@@ -13,7 +13,7 @@ from typing import Any
 
 from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
-from django.db import transaction
+from django.db import IntegrityError, transaction
 
 from activity import clock, log
 from activity.log import Actor
@@ -48,6 +48,18 @@ def _clean_text(value: str, *, field: str, max_length: int, required: bool = Tru
         raise ValidationError({field: "This field cannot be empty."})
     if len(value) > max_length:
         raise ValidationError({field: f"At most {max_length} characters (this has {len(value)})."})
+    return value
+
+
+MAX_ID = 2**63 - 1
+
+
+def _clean_id(value: Any, *, field: str, required: bool = True) -> int | None:
+    """A database id from any caller: an int in range, or a clear ValidationError."""
+    if value is None and not required:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= MAX_ID:
+        raise ValidationError({field: "Must be the id of an existing object."})
     return value
 
 
@@ -138,9 +150,14 @@ def board_create(
     description = _clean_text(description, field="description", max_length=5000, required=False)
     board = Board(name=name, key=key, description=description, created_at=clock.now())
     board.full_clean(validate_unique=False, validate_constraints=False)
+    taken = ValidationError({"key": f"The key {key} is taken."})
     if Board.objects.filter(key=key).exists():
-        raise ValidationError({"key": f"The key {key} is taken."})
-    board.save()
+        raise taken
+    try:
+        with transaction.atomic():
+            board.save()
+    except IntegrityError:  # taken by a concurrent request since the check above
+        raise taken from None
     created = [
         Column.objects.create(board=board, name=col_name, position=position, stage=stage)
         for position, (col_name, stage) in enumerate(columns)
@@ -236,7 +253,9 @@ def column_update(
     wip_blocks: bool = _UNSET,
 ) -> Column:
     """Change a column's name, stage, position or WIP limit (board admins). One event."""
-    column = _get_or_404(Column.objects.select_for_update().select_related("board"), column_id)
+    column = _get_or_404(
+        Column.objects.select_for_update(of=("self",)).select_related("board"), column_id
+    )
     board = column.board
     role_require(actor=actor, board=board, at_least=Role.ADMIN)
     wanted: dict[str, Any] = {}
@@ -283,13 +302,15 @@ def membership_set(*, actor: Actor, board_id: int, user_id: int, role: str) -> M
     board = _board_locked(board_id)
     role_require(actor=actor, board=board, at_least=Role.ADMIN)
     role = _clean_choice(role, field="role", choices=Role)
-    user = User.objects.filter(pk=user_id, is_active=True).first()
+    user = User.objects.filter(pk=_clean_id(user_id, field="user"), is_active=True).first()
     if user is None:
         raise ValidationError({"user": "No active user with that id."})
     membership = Membership.objects.filter(board=board, user=user).first()
     old_role = membership.role if membership else None
     if old_role == role:
         return membership
+    if old_role == Role.ADMIN:
+        _keep_an_admin(board=board, leaving=membership)
     if membership is None:
         membership = Membership.objects.create(board=board, user=user, role=role)
     else:
@@ -304,19 +325,22 @@ def membership_set(*, actor: Actor, board_id: int, user_id: int, role: str) -> M
     return membership
 
 
+def _keep_an_admin(*, board: Board, leaving: Membership) -> None:
+    if not board.memberships.filter(role=Role.ADMIN).exclude(pk=leaving.pk).exists():
+        raise ValidationError({"user": "A board keeps at least one admin."})
+
+
 @transaction.atomic
 def membership_remove(*, actor: Actor, board_id: int, user_id: int) -> None:
     """Take a user off a board (board admins); the last admin cannot leave. One event."""
     board = _board_locked(board_id)
     role_require(actor=actor, board=board, at_least=Role.ADMIN)
+    user_id = _clean_id(user_id, field="user")
     membership = Membership.objects.filter(board=board, user_id=user_id).first()
     if membership is None:
         return
-    if (
-        membership.role == Role.ADMIN
-        and not board.memberships.filter(role=Role.ADMIN).exclude(pk=membership.pk).exists()
-    ):
-        raise ValidationError({"user": "A board keeps at least one admin."})
+    if membership.role == Role.ADMIN:
+        _keep_an_admin(board=board, leaving=membership)
     username = membership.user.get_username()
     membership.delete()
     log.record(
@@ -352,7 +376,9 @@ def label_update(
     *, actor: Actor, label_id: int, name: str = _UNSET, colour: str = _UNSET, kind: str = _UNSET
 ) -> Label:
     """Rename, recolour or re-kind a label (editors). One event, none if nothing changed."""
-    label = _get_or_404(Label.objects.select_for_update().select_related("board"), label_id)
+    label = _get_or_404(
+        Label.objects.select_for_update(of=("self",)).select_related("board"), label_id
+    )
     role_require(actor=actor, board=label.board, at_least=Role.EDITOR)
     before = label_snapshot(label)
     if name is not _UNSET:
@@ -383,7 +409,14 @@ def label_get_or_create(
     label = Label.objects.filter(board_id=board_id, name=name.strip()).first()
     if label is not None:
         return label
-    return label_create(actor=actor, board_id=board_id, name=name, kind=kind, colour=colour)
+    try:
+        return label_create(actor=actor, board_id=board_id, name=name, kind=kind, colour=colour)
+    except ValidationError:
+        # Made by a concurrent request since the read above (label_create locks the board).
+        label = Label.objects.filter(board_id=board_id, name=name.strip()).first()
+        if label is None:
+            raise
+        return label
 
 
 # ---------------------------------------------------------------------------------------------
@@ -406,6 +439,7 @@ def card_create(
     title = _clean_text(title, field="title", max_length=200)
     description = _clean_text(description, field="description", max_length=20_000, required=False)
     due_date = _clean_due_date(due_date)
+    column_id = _clean_id(column_id, field="column", required=False)
     columns = Column.objects.select_for_update().filter(board=board)
     if column_id is None:
         column = columns.filter(stage=Stage.TODO).first() or columns.first()
@@ -414,7 +448,6 @@ def card_create(
     if column is None:
         raise ValidationError({"column": f"{board.key} has no such column."})
     _wip_check(column=column)
-    last = _open_cards(column).order_by("-rank").values_list("rank", flat=True).first()
     now = clock.now()
     board.last_card_number += 1
     board.save(update_fields=["last_card_number"])
@@ -425,7 +458,7 @@ def card_create(
         title=title,
         description=description,
         due_date=due_date,
-        rank=rank_between(before=last, after=None),
+        rank=_bottom_rank(column),
         created_by=actor.user if actor.user and actor.user.is_authenticated else None,
         created_at=now,
         updated_at=now,
@@ -505,6 +538,9 @@ def card_move(
     WipLimitError if a blocking column is full. Moving a card to where it already is, or with
     `stay_if_in_column` to the column it is already in, changes nothing and writes no event.
     """
+    to_column_id = _clean_id(to_column_id, field="to_column")
+    after_id = _clean_id(after_id, field="after", required=False)
+    before_id = _clean_id(before_id, field="before", required=False)
     # Lock the target column first, then the card: a rebalance holds its column and then
     # rewrites that column's cards, so this order cannot deadlock with it.
     to_column = Column.objects.select_for_update().filter(pk=to_column_id).first()
@@ -582,9 +618,9 @@ def card_restore(*, actor: Actor, card_id: int, expected_version: int | None = N
         _version_check(card=card, expected_version=expected_version)
     if not card.archived:
         return card
-    last = _open_cards(card.column).order_by("-rank").values_list("rank", flat=True).first()
+    _wip_check(column=card.column)
     card.archived = False
-    card.rank = rank_between(before=last, after=None)
+    card.rank = _bottom_rank(card.column)
     _bump(card, "archived", "rank")
     log.record(
         actor=actor,
@@ -601,6 +637,7 @@ def card_label_add(*, actor: Actor, card_id: int, label_id: int) -> Card:
     """Put a label of the card's board on the card. One event, none if already there."""
     card = _card_locked(card_id)
     role_require(actor=actor, board=card.board, at_least=Role.EDITOR)
+    label_id = _clean_id(label_id, field="label")
     label = Label.objects.filter(pk=label_id, board_id=card.board_id).first()
     if label is None:
         raise ValidationError({"label": f"{card.board.key} has no such label."})
@@ -623,7 +660,7 @@ def card_label_remove(*, actor: Actor, card_id: int, label_id: int) -> Card:
     """Take a label off a card. One event, none if it was not there."""
     card = _card_locked(card_id)
     role_require(actor=actor, board=card.board, at_least=Role.EDITOR)
-    label = card.labels.filter(pk=label_id).first()
+    label = card.labels.filter(pk=_clean_id(label_id, field="label")).first()
     if label is None:
         return card
     card.labels.remove(label)
@@ -643,7 +680,7 @@ def card_assign(*, actor: Actor, card_id: int, user_ids: Iterable[int]) -> Card:
     """Set who works on a card; every assignee must be a member of its board. One event."""
     card = _card_locked(card_id)
     role_require(actor=actor, board=card.board, at_least=Role.EDITOR)
-    wanted = set(user_ids)
+    wanted = {_clean_id(user_id, field="assignees") for user_id in user_ids}
     eligible = set(
         User.objects.filter(pk__in=wanted, is_active=True)
         .filter(memberships__board=card.board)
@@ -705,9 +742,11 @@ def comment_add(*, actor: Actor, card_id: int, body: str) -> Comment:
 
 
 def _get_or_404(queryset, pk: int):
+    if isinstance(pk, bool) or not isinstance(pk, int) or not 0 < pk <= MAX_ID:
+        raise NotFoundError(f"{queryset.model._meta.verbose_name.capitalize()} not found.")
     try:
         return queryset.get(pk=pk)
-    except (queryset.model.DoesNotExist, ValueError, TypeError):
+    except queryset.model.DoesNotExist:
         raise NotFoundError(
             f"{queryset.model._meta.verbose_name.capitalize()} not found."
         ) from None
@@ -725,6 +764,11 @@ def _card_locked(card_id: int) -> Card:
 
 def _open_cards(column: Column):
     return Card.objects.filter(column=column, archived=False)
+
+
+def _bottom_rank(column: Column) -> str:
+    last = _open_cards(column).order_by("-rank").values_list("rank", flat=True).first()
+    return rank_between(before=last, after=None)
 
 
 def _version_check(*, card: Card, expected_version: int | None) -> None:
@@ -776,7 +820,10 @@ def _rebalance_if_crowded(*, card: Card) -> dict[str, str]:
     """Re-spread the column's ranks when the new key got long; {card id: new rank} or {}."""
     if not rank_needs_rebalance(card.rank):
         return {}
-    others = list(_open_cards(card.column).exclude(pk=card.pk).order_by("rank"))
+    # Lock the rows to rewrite (in id order, like every other locker of many cards): a card
+    # moving out of the column meanwhile is waited for, then no longer matches.
+    locked = _open_cards(card.column).exclude(pk=card.pk).select_for_update().order_by("pk")
+    others = sorted(locked.only("pk", "rank", "column_id"), key=lambda other: other.rank)
     position = sum(1 for other in others if other.rank < card.rank)
     ordered = [*others[:position], card, *others[position:]]
     fresh = ranks_spread(count=len(ordered))

@@ -1,16 +1,42 @@
-from django.urls import path
+from django.urls import path, register_converter
 
 from boards import views
+
+
+class BoardKey:
+    regex = "[A-Za-z][A-Za-z0-9]{1,9}"
+
+    def to_python(self, value: str) -> str:
+        return value.upper()
+
+    def to_url(self, value: str) -> str:
+        return value
+
+
+class Number:
+    """Card numbers and column ids, short enough for any integer column."""
+
+    regex = "[0-9]{1,18}"
+
+    def to_python(self, value: str) -> int:
+        return int(value)
+
+    def to_url(self, value: int) -> str:
+        return str(value)
+
+
+register_converter(BoardKey, "key")
+register_converter(Number, "n")
 
 app_name = "boards"
 
 urlpatterns = [
     path("", views.board_list, name="list"),
-    path("b/<str:key>/", views.board_detail, name="detail"),
-    path("b/<str:key>/cards/<int:number>/", views.card_detail, name="card"),
-    path("b/<str:key>/cards/<int:number>/move", views.card_move_view, name="card-move"),
-    path("b/<str:key>/cards/<int:number>/archive", views.card_archive_view, name="card-archive"),
-    path("b/<str:key>/cards/<int:number>/restore", views.card_restore_view, name="card-restore"),
-    path("b/<str:key>/cards/<int:number>/comments", views.comment_add_view, name="card-comment"),
-    path("b/<str:key>/columns/<int:column_id>/cards", views.column_cards_view, name="column-cards"),
+    path("b/<key:key>/", views.board_detail, name="detail"),
+    path("b/<key:key>/cards/<n:number>/", views.card_detail, name="card"),
+    path("b/<key:key>/cards/<n:number>/move", views.card_move_view, name="card-move"),
+    path("b/<key:key>/cards/<n:number>/archive", views.card_archive_view, name="card-archive"),
+    path("b/<key:key>/cards/<n:number>/restore", views.card_restore_view, name="card-restore"),
+    path("b/<key:key>/cards/<n:number>/comments", views.comment_add_view, name="card-comment"),
+    path("b/<key:key>/columns/<n:column_id>/cards", views.column_cards_view, name="column-cards"),
 ]

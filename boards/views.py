@@ -89,12 +89,22 @@ def _columns_response(
         "board": board,
         "columns": columns,
         "all_columns": queries.board_columns(board=board),
-        "can_edit": True,
+        "can_edit": board.role.level >= Role.EDITOR.level,
         "toast": toast,
         "tone": tone,
         "filter_query": _filter_query(request),
     }
     return _render(request, f"{BOARD}#columns-oob", context, status=status)
+
+
+def _column_context(request: HttpRequest, board: Board, column_ids: list[int]) -> dict:
+    """What the column partial needs besides its cards, with the page's filter kept."""
+    return {
+        "columns": queries.columns_view(
+            board=board, column_ids=column_ids, filters=_filters(request)
+        ),
+        "filter_query": _filter_query(request),
+    }
 
 
 def _after_post(request: HttpRequest, board: Board, message: str, level=messages.SUCCESS):
@@ -121,6 +131,8 @@ def card_move_view(request: HttpRequest, key: str, number: int) -> HttpResponse:
         return _render(request, template, context)
     form = MoveForm(request.POST)
     if not form.is_valid():
+        if not request.htmx:
+            return _after_post(request, board, "That move was not understood.", messages.ERROR)
         return _columns_response(
             request, board=board, column_ids=None, toast="That move was not understood.",
             tone="error", status=422,
@@ -314,7 +326,7 @@ def card_detail(request: HttpRequest, key: str, number: int) -> HttpResponse:
                 return _after_post(request, board, f"{card.ref} saved.")
             card = queries.card_get(actor=_actor(request), board_key=key, number=number)
             context = _dialog_context(request, card, saved=True)
-            context |= {"columns": queries.columns_view(board=board, column_ids=[card.column_id])}
+            context |= _column_context(request, board, [card.column_id])
             return _render(request, f"{BOARD}#card-saved", context)
     else:
         status = 422
@@ -336,7 +348,7 @@ def _card_action(request: HttpRequest, key: str, number: int, action) -> HttpRes
         return redirect(reverse("boards:card", args=[key, number]))
     card = queries.card_get(actor=_actor(request), board_key=key, number=number)
     context = _dialog_context(request, card)
-    context |= {"columns": queries.columns_view(board=card.board, column_ids=[card.column_id])}
+    context |= _column_context(request, card.board, [card.column_id])
     return _render(request, f"{BOARD}#card-saved", context)
 
 

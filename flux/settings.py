@@ -100,10 +100,17 @@ TEMPLATES = [
 DATABASES = {
     "default": dj_database_url.parse(
         os.environ.get("DATABASE_URL") or f"sqlite:///{VAR_DIR / 'flux.sqlite3'}",
-        conn_max_age=int(os.environ.get("CONN_MAX_AGE", "60")),
         conn_health_checks=True,
     )
 }
+if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+    # Under ASGI, Django's persistent connections leak; psycopg's pool is the way to reuse
+    # connections. DB_POOL_MAX_SIZE=0 turns it off (one connection per request).
+    pool_size = int(os.environ.get("DB_POOL_MAX_SIZE", "10"))
+    if pool_size:
+        DATABASES["default"]["OPTIONS"] = {
+            "pool": {"min_size": 1, "max_size": pool_size, "timeout": 10}
+        }
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # WAL lets the board be read while a write is in flight; IMMEDIATE takes the write
     # lock at BEGIN so two writers queue instead of failing with "database is locked".

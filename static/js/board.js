@@ -115,9 +115,14 @@
   }
 
   // Alt + arrows move the focused card: left/right to the next column's top, up/down in place.
+  const ARROWS = ["ArrowUp", "ArrowDown", "ArrowLeft", "ArrowRight"];
+
   function onKeydown(event) {
     const card = event.target.closest?.(".board.editable .card");
-    if (!card || !event.altKey || busy) return;
+    if (!card || !event.altKey || !ARROWS.includes(event.key)) return;
+    // Always ours on a card, even when it cannot move: Alt+Left must not navigate Back.
+    event.preventDefault();
+    if (busy) return;
     const list = card.parentElement;
     const lists = $$(".board .cards");
     let target = null;
@@ -133,10 +138,7 @@
       target = lists[lists.indexOf(list) + (event.key === "ArrowLeft" ? -1 : 1)];
       if (!target) return;
       target.prepend(card);
-    } else {
-      return;
     }
-    event.preventDefault();
     card.focus();
     move(card, target);
   }
@@ -188,15 +190,25 @@
 
   document.addEventListener("htmx:responseError", (event) => {
     const status = event.detail.xhr.status;
+    const reloading = event.detail.requestConfig?.verb === "get" && event.detail.target?.id === "board";
+    if (status === 404 && reloading) {
+      // The board itself is gone for us (removed, or access revoked): back to the list.
+      window.location.assign("/");
+      return;
+    }
     const text = status === 403 ? "You do not have permission to do that."
       : status === 404 ? "That is no longer there; the board has been refreshed."
       : `Flux could not do that (error ${status}); the board has been refreshed.`;
     toast(text);
-    if ($("#board")) reloadBoard();
+    if ($("#board") && !reloading) reloadBoard();
   });
 
   document.addEventListener("htmx:sendError", () => {
     toast("Flux cannot be reached; check your connection and try again.");
+  });
+
+  document.addEventListener("htmx:timeout", () => {
+    toast("Flux is taking too long to answer; the board will refresh when it can.");
   });
 
   document.addEventListener("htmx:afterSettle", () => {

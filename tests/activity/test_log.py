@@ -77,3 +77,32 @@ def test_postgresql_stamps_each_event_with_its_transaction_id(board):
 def test_an_event_cannot_be_written_outside_a_transaction(board, alice):
     with pytest.raises(NotInTransactionError):
         record(actor=Actor(user=alice), board=board, kind="card.forged", payload={})
+
+
+@pytest.mark.sqlite
+def test_replacing_an_event_by_id_is_refused(event):
+    with pytest.raises(DatabaseError, match="append-only"):
+        raw(
+            "INSERT OR REPLACE INTO activity_event "
+            "(id, occurred_at, actor_name, source, board_id, kind, payload) "
+            "SELECT id, occurred_at, 'mallory', source, board_id, 'card.forged', payload "
+            "FROM activity_event WHERE id = %s"
+            if connection.vendor == "sqlite"
+            else "INSERT INTO activity_event "
+            "(id, occurred_at, actor_name, source, board_id, kind, payload) "
+            "SELECT id, occurred_at, 'mallory', source, board_id, 'card.forged', payload "
+            "FROM activity_event WHERE id = %s ON CONFLICT (id) DO UPDATE SET kind = 'card.forged'",
+            [event.pk],
+        )
+    assert Event.objects.get(pk=event.pk).kind == "card.created"
+
+
+@pytest.mark.sqlite
+def test_saving_an_event_with_an_existing_id_never_updates_it(event, board, alice):
+    forged = Event(
+        pk=event.pk, occurred_at=event.occurred_at, actor_name="mallory", source="web",
+        board=board, kind="card.forged", payload={},
+    )  # fmt: skip
+    with pytest.raises(DatabaseError), transaction.atomic():
+        forged.save()
+    assert Event.objects.get(pk=event.pk).kind == "card.created"

@@ -411,3 +411,35 @@ def test_the_board_list_and_switcher_only_list_the_users_boards(editor, board):
     html = editor.get(reverse("boards:detail", args=["PAY"])).content.decode()
     assert "Ops" not in html
     assert Label.objects.count() == 0
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "data"),
+    [
+        ("get", "/b/PAY/?q=PAY-%C2%B2", None),
+        ("get", "/b/PAY/?q=%00", None),
+        ("get", "/b/PAY/columns/{todo}/cards?after=%00", None),
+        ("get", "/b/PAY/columns/{todo}/cards?after=" + "z" * 300, None),
+        ("get", "/b/PA%00Y/", None),
+        ("get", "/b/PAY/cards/99999999999999999999999/", None),
+        ("get", "/b/PAY/columns/99999999999999999999999/cards", None),
+        ("post", "/b/PAY/cards/1/move", {"to_column": "9" * 30, "version": 1}),
+        ("post", "/b/PAY/cards/1/move", {"to_column": "{todo}", "version": "9" * 30}),
+        ("post", "/b/PAY/cards/1/move", {"to_column": "{todo}", "version": 1, "after": "x"}),
+        ("post", "/b/PAY/cards/1/", {"version": "-1", "title": "x", "labels": ["abc"]}),
+        ("post", "/b/PAY/columns/99999999999999/cards", {"title": "x"}),
+    ],
+)
+def test_hostile_input_gets_a_4xx_never_a_500(editor, board, method, path, data):
+    make_card(board, title="Refunds")
+    todo = str(column(board, "To Do").pk)
+    path = path.replace("{todo}", todo)
+    if data:
+        data = {
+            k: (v.replace("{todo}", todo) if isinstance(v, str) else v) for k, v in data.items()
+        }
+    before = Event.objects.count()
+    for headers in ({}, HX):
+        response = getattr(editor, method)(path, data or {}, **headers)
+        assert response.status_code < 500, (path, response.status_code)
+    assert Event.objects.count() == before

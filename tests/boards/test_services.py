@@ -418,3 +418,49 @@ def test_staff_act_as_admins_on_every_board(board):
     staff = make_user("root", is_staff=True)
     services.column_create(actor=as_actor(staff), board_id=board.pk, name="QA", stage="review")
     assert board.columns.filter(name="QA").exists()
+
+
+def test_the_last_admin_cannot_demote_themselves(board, alice):
+    with pytest.raises(ValidationError):
+        services.membership_set(
+            actor=as_actor(alice), board_id=board.pk, user_id=alice.pk, role="editor"
+        )
+    assert board.memberships.get(user=alice).role == Role.ADMIN
+
+
+def test_restoring_into_a_full_blocking_column_is_refused(seeded, alice, bob):
+    board, card = seeded
+    services.card_archive(actor=as_actor(bob), card_id=card.pk)
+    services.column_update(
+        actor=as_actor(alice), column_id=card.column_id, wip_limit=1, wip_blocks=True
+    )
+    make_card(board, title="fills the column")
+    with pytest.raises(WipLimitError):
+        services.card_restore(actor=as_actor(bob), card_id=card.pk)
+    assert Card.objects.get(pk=card.pk).archived
+
+
+@pytest.mark.parametrize("bad", ["7", 7.0, None, True, -1, 2**70, [1]])
+def test_ids_of_the_wrong_type_are_a_validation_error_not_a_crash(seeded, bob, bad):
+    _board, card = seeded
+    before = snapshot_state()
+    calls = [
+        lambda: services.card_move(
+            actor=as_actor(bob), card_id=card.pk, to_column_id=bad, expected_version=card.version
+        ),
+        lambda: services.card_move(
+            actor=as_actor(bob),
+            card_id=card.pk,
+            to_column_id=card.column_id,
+            expected_version=card.version,
+            after_id=bad if bad is not None else "x",
+        ),
+        lambda: services.card_assign(actor=as_actor(bob), card_id=card.pk, user_ids=[bad]),
+        lambda: services.card_label_add(actor=as_actor(bob), card_id=card.pk, label_id=bad),
+    ]
+    for call in calls:
+        with pytest.raises(ValidationError):
+            call()
+    with pytest.raises(NotFoundError):
+        services.card_archive(actor=as_actor(bob), card_id=bad)
+    assert snapshot_state() == before
