@@ -60,7 +60,20 @@ def _rate_limit(token_prefix: str) -> None:
         raise RateLimitedError(retry_after=60 - int(time.time()) % 60)
 
 
-api = NinjaAPI(
+class FluxAPI(NinjaAPI):
+    def get_openapi_schema(self, *args, **kwargs):
+        """Errors are documented as what they are: application/problem+json."""
+        schema = super().get_openapi_schema(*args, **kwargs)
+        for operations in schema["paths"].values():
+            for operation in operations.values():
+                for status, response in operation.get("responses", {}).items():
+                    content = response.get("content", {})
+                    if str(status).startswith("4") and "application/json" in content:
+                        content["application/problem+json"] = content.pop("application/json")
+        return schema
+
+
+api = FluxAPI(
     title="Flux API",
     version="1",
     description=(

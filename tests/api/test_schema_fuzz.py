@@ -1,0 +1,38 @@
+"""A property-based fuzz of the API from its own OpenAPI schema: no 500, no schema violation."""
+
+import pytest
+import schemathesis
+from django.core.wsgi import get_wsgi_application
+from hypothesis import HealthCheck, settings
+
+from activity.log import Actor
+from boards import services
+from boards.tokens import token_create
+from tests.conftest import make_card, make_user
+
+schema = schemathesis.openapi.from_wsgi("/api/v1/openapi.json", get_wsgi_application())
+
+
+@pytest.fixture
+def bearer(transactional_db) -> dict[str, str]:
+    """A token for a user with a real board, so generated requests reach real code.
+
+    Committed data (transactional_db): the WSGI app closes its connection after each
+    request, which a test wrapped in a transaction would not survive.
+    """
+    user = make_user("fuzzer")
+    board = services.board_create(actor=Actor(user=user), name="Payments", key="PAY")
+    make_card(board, title="Fuzz me", by=user)
+    _, secret = token_create(actor=Actor(user=user), user=user, name="fuzz")
+    return {"Authorization": f"Bearer {secret}"}
+
+
+@schema.parametrize()
+@settings(
+    max_examples=25,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+def test_the_api_honours_its_schema_for_any_input(case, bearer, settings):
+    settings.API_RATE_LIMIT_PER_MINUTE = 0
+    case.call_and_validate(headers=bearer)
