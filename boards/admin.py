@@ -296,12 +296,11 @@ class CardAdmin(ServiceAdminMixin, admin.ModelAdmin):
             formset_saved(formset)
         actor = admin_actor(request)
         card = Card.objects.get(pk=form.instance.pk)
-        wanted = {label.pk for label in form.cleaned_data["labels"]}
-        current = set(card.labels.values_list("pk", flat=True))
-        for label_id in sorted(wanted - current):
-            services.card_label_add(actor=actor, card_id=card.pk, label_id=label_id)
-        for label_id in sorted(current - wanted):
-            services.card_label_remove(actor=actor, card_id=card.pk, label_id=label_id)
+        services.card_labels_set(
+            actor=actor,
+            card_id=card.pk,
+            label_ids=[label.pk for label in form.cleaned_data["labels"]],
+        )
         services.card_assign(
             actor=actor, card_id=card.pk, user_ids=[u.pk for u in form.cleaned_data["assignees"]]
         )

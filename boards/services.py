@@ -21,6 +21,8 @@ from activity.models import Event
 from boards.errors import ConflictError, ForbiddenError, NotFoundError, WipLimitError
 from boards.models import (
     DEFAULT_COLUMNS,
+    DESCRIPTION_MAX_LENGTH,
+    TITLE_MAX_LENGTH,
     Board,
     Card,
     Column,
@@ -436,8 +438,10 @@ def card_create(
     """Create a card at the bottom of `column_id` (default: the first To Do column). One event."""
     board = _board_locked(board_id)
     role_require(actor=actor, board=board, at_least=Role.EDITOR)
-    title = _clean_text(title, field="title", max_length=200)
-    description = _clean_text(description, field="description", max_length=20_000, required=False)
+    title = _clean_text(title, field="title", max_length=TITLE_MAX_LENGTH)
+    description = _clean_text(
+        description, field="description", max_length=DESCRIPTION_MAX_LENGTH, required=False
+    )
     due_date = _clean_due_date(due_date)
     column_id = _clean_id(column_id, field="column", required=False)
     columns = Column.objects.select_for_update().filter(board=board)
@@ -493,10 +497,10 @@ def card_update(
     _version_check(card=card, expected_version=expected_version)
     wanted: dict[str, Any] = {}
     if title is not _UNSET:
-        wanted["title"] = _clean_text(title, field="title", max_length=200)
+        wanted["title"] = _clean_text(title, field="title", max_length=TITLE_MAX_LENGTH)
     if description is not _UNSET:
         wanted["description"] = _clean_text(
-            description, field="description", max_length=20_000, required=False
+            description, field="description", max_length=DESCRIPTION_MAX_LENGTH, required=False
         )
     if due_date is not _UNSET:
         wanted["due_date"] = _clean_due_date(due_date)
@@ -852,7 +856,7 @@ def card_edit(
     assignee_ids: Iterable[int],
 ) -> Card:
     """Apply a whole card form at once: all its changes or none, one event per kind of change."""
-    card = card_update(
+    card_update(
         actor=actor,
         card_id=card_id,
         expected_version=expected_version,
@@ -860,13 +864,21 @@ def card_edit(
         description=description,
         due_date=due_date,
     )
-    wanted = set(label_ids)
+    card_labels_set(actor=actor, card_id=card_id, label_ids=label_ids)
+    return card_assign(actor=actor, card_id=card_id, user_ids=assignee_ids)
+
+
+@transaction.atomic
+def card_labels_set(*, actor: Actor, card_id: int, label_ids: Iterable[int]) -> Card:
+    """Make the card's labels exactly these: one event per label put on or taken off."""
+    card = _card_locked(card_id)
+    wanted = {_clean_id(label_id, field="labels") for label_id in label_ids}
     current = set(card.labels.values_list("pk", flat=True))
     for label_id in sorted(wanted - current):
         card = card_label_add(actor=actor, card_id=card_id, label_id=label_id)
     for label_id in sorted(current - wanted):
         card = card_label_remove(actor=actor, card_id=card_id, label_id=label_id)
-    return card_assign(actor=actor, card_id=card_id, user_ids=assignee_ids)
+    return card
 
 
 # ---------------------------------------------------------------------------------------------

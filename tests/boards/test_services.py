@@ -323,7 +323,7 @@ def test_moving_a_card_to_where_it_already_is_writes_nothing(seeded, bob):
 
 def test_a_crowded_gap_is_rebalanced_and_order_stays_strict(seeded, bob):
     board, first = seeded
-    last = make_card(board, title="last")
+    make_card(board, title="last")
     actor = as_actor(bob)
     expected = ["Settle refunds", "last"]
     cards = [make_card(board, title=f"n{i}") for i in range(320)]
@@ -343,7 +343,6 @@ def test_a_crowded_gap_is_rebalanced_and_order_stays_strict(seeded, bob):
     assert max(len(r) for r in ranks) <= 49
     rebalances = Event.objects.filter(kind="card.moved", payload__has_key="rebalanced")
     assert rebalances.exists()
-    assert last.pk
 
 
 def test_a_blocking_wip_limit_refuses_the_extra_card_with_a_clear_message(seeded, alice, bob):
