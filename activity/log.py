@@ -4,6 +4,7 @@ Every service in `boards.services` calls `record` inside its own transaction, so
 and its event commit or roll back together (invariant 1 in DESIGN.md).
 """
 
+import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -11,6 +12,8 @@ from django.db import transaction
 
 from activity import clock
 from activity.models import Event, Source
+
+logger = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import AbstractBaseUser
@@ -61,6 +64,8 @@ def record(
     if not transaction.get_connection().in_atomic_block:
         raise NotInTransactionError(f"record({kind!r}) called outside a transaction")
     user = actor.user if actor.user is not None and actor.user.is_authenticated else None
+    if _delivers(kind, payload):
+        _once_on_commit(_rollups_soon)
     return Event.objects.create(
         occurred_at=clock.now(),
         actor=user,
@@ -71,3 +76,26 @@ def record(
         kind=kind,
         payload=payload,
     )
+
+
+def _delivers(kind: str, payload: dict[str, Any]) -> bool:
+    """A card reached Deployed, or a deployment was recorded: the rollups should catch up."""
+    if kind == "deployment.recorded":
+        return True
+    return kind == "card.moved" and payload.get("to", {}).get("stage") == "deployed"
+
+
+def _once_on_commit(func) -> None:
+    """Run `func` after the current transaction commits, once however often it is asked."""
+    pending = transaction.get_connection().run_on_commit
+    if not any(callback is func for _, callback, _ in pending):
+        transaction.on_commit(func)
+
+
+def _rollups_soon() -> None:
+    from activity.tasks import rollups_advance_task
+
+    try:
+        rollups_advance_task.delay()
+    except Exception:  # the broker is down: the periodic run catches up instead
+        logger.warning("could not enqueue the rollups; beat will catch up", exc_info=True)

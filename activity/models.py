@@ -56,6 +56,7 @@ class Event(models.Model):
             models.Index(fields=["board", "id"], name="activity_event_board_id"),
             models.Index(fields=["card", "id"], name="activity_event_card_id"),
             models.Index(fields=["kind", "id"], name="activity_event_kind_id"),
+            models.Index(fields=["txid", "id"], name="activity_event_txid_id"),
         ]
 
     def __str__(self) -> str:
@@ -69,3 +70,123 @@ class Event(models.Model):
 
     def delete(self, *args, **kwargs):
         raise AppendOnlyError("Events are append-only; they cannot be deleted.")
+
+
+# --- Projections ------------------------------------------------------------------------------
+# Derived from the log by activity.rollups; `rollups --rebuild` recomputes them from scratch
+# and must give the same rows. Never written by anything else.
+
+
+class DeploymentKind(models.TextChoices):
+    CI = "ci", "Recorded by CI"
+    MANUAL = "manual", "Manual move into Deployed"
+
+
+class Deployment(models.Model):
+    """One deployment: a CI-recorded one, or a manual move of a card into Deployed."""
+
+    event = models.OneToOneField(Event, on_delete=models.PROTECT, related_name="+")
+    board = models.ForeignKey("boards.Board", on_delete=models.PROTECT, related_name="+")
+    kind = models.CharField(max_length=10, choices=DeploymentKind.choices)
+    version = models.CharField(max_length=50, blank=True)
+    environment = models.CharField(max_length=50)
+    status = models.CharField(max_length=10)
+    deployed_at = models.DateTimeField()
+    url = models.CharField(max_length=500, blank=True)
+    commit_shas = models.JSONField(default=list)
+    source = models.CharField(max_length=10)
+    actor_name = models.CharField(max_length=150)
+
+    class Meta:
+        indexes = [models.Index(fields=["board", "deployed_at"], name="deployment_board_time")]
+
+    def __str__(self) -> str:
+        return f"{self.board_id} {self.version or self.kind} {self.status} at {self.deployed_at}"
+
+
+class DeploymentCard(models.Model):
+    """A card delivered by a deployment, with its delivery times (seconds)."""
+
+    deployment = models.ForeignKey(Deployment, on_delete=models.CASCADE, related_name="cards")
+    card = models.ForeignKey("boards.Card", on_delete=models.PROTECT, related_name="+")
+    card_ref = models.CharField(max_length=20)
+    created_at = models.DateTimeField()
+    started_at = models.DateTimeField(null=True)
+    first_commit_at = models.DateTimeField(null=True)
+    deployed_at = models.DateTimeField()
+    lead_time = models.FloatField(help_text="First commit (else start of work) to deployed.")
+    cycle_time = models.FloatField(null=True, help_text="First entry into In Progress to deployed.")
+    card_lead_time = models.FloatField(help_text="Created to deployed.")
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["deployment", "card"], name="deployment_card_once")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.card_ref} in deployment {self.deployment_id}"
+
+
+class CardFlow(models.Model):
+    """What the log says about a card's way through the pipeline so far."""
+
+    card = models.OneToOneField("boards.Card", on_delete=models.PROTECT, related_name="+")
+    board = models.ForeignKey("boards.Board", on_delete=models.PROTECT, related_name="+")
+    created_at = models.DateTimeField()
+    started_at = models.DateTimeField(null=True, help_text="First entry into In Progress.")
+    first_commit_at = models.DateTimeField(null=True)
+
+    def __str__(self) -> str:
+        return f"flow of card {self.card_id}"
+
+
+class Rework(models.Model):
+    """A card leaving Deployed for an earlier stage."""
+
+    event = models.OneToOneField(Event, on_delete=models.PROTECT, related_name="+")
+    board = models.ForeignKey("boards.Board", on_delete=models.PROTECT, related_name="+")
+    card = models.ForeignKey("boards.Card", on_delete=models.PROTECT, related_name="+")
+    occurred_at = models.DateTimeField()
+
+    def __str__(self) -> str:
+        return f"rework of card {self.card_id}"
+
+
+class DailyRollup(models.Model):
+    """Per service and UTC day: the delivery numbers, recomputed whole for each touched day."""
+
+    board = models.ForeignKey("boards.Board", on_delete=models.PROTECT, related_name="+")
+    day = models.DateField()
+    deployments = models.PositiveIntegerField(default=0)
+    failed_deployments = models.PositiveIntegerField(default=0)
+    cards_deployed = models.PositiveIntegerField(default=0)
+    lead_time_p50 = models.FloatField(null=True)
+    lead_time_p85 = models.FloatField(null=True)
+    cycle_time_p50 = models.FloatField(null=True)
+    cycle_time_p85 = models.FloatField(null=True)
+    rework = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["board", "day"], name="rollup_once_a_day")]
+        ordering = ["board", "day"]
+
+    def __str__(self) -> str:
+        return f"{self.board_id} {self.day}"
+
+
+class ProjectionCursor(models.Model):
+    """How far the projections have read the log.
+
+    PostgreSQL: every event whose writing transaction id is below `txid_watermark` has been
+    applied (ids are not commit order; transaction ids below the snapshot's xmin are all
+    finished). SQLite serialises writers, so ids are commit order there: `event_watermark`.
+    """
+
+    name = models.CharField(max_length=50, unique=True)
+    txid_watermark = models.BigIntegerField(default=0)
+    event_watermark = models.BigIntegerField(default=0)
+    events_applied = models.BigIntegerField(default=0)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return self.name

@@ -534,8 +534,12 @@ def card_move(
     after_id: int | None = None,
     before_id: int | None = None,
     stay_if_in_column: bool = False,
+    deployment_id: int | None = None,
 ) -> Card:
     """Move a card after `after_id` (or before `before_id`, or to the top) of `to_column_id`.
+
+    `deployment_id` names the recorded deployment that made the move (its event id), so a
+    move into Deployed is not counted as a manual deployment of its own.
 
     Writes the card row only (a rare rebalance of a crowded gap rewrites its column) and one
     event; ConflictError if the caller's version is stale (None: take the card as it is now),
@@ -585,6 +589,8 @@ def card_move(
     }
     if rebalanced:
         payload["rebalanced"] = rebalanced
+    if deployment_id is not None:
+        payload["deployment_id"] = deployment_id
     log.record(actor=actor, board=card.board, card=card, kind="card.moved", payload=payload)
     return card
 
@@ -945,25 +951,10 @@ def deployment_record(
     for card in cards:
         card.board = board
     cards.sort(key=lambda card: numbers.index(card.number))
-    moved: list[Card] = []
     stage = DEPLOY_STAGE.get(environment)
-    if status == "success" and stage is not None and cards:
-        target = board.columns.filter(stage=stage).order_by("position").first()
-        label = label_get_or_create(
-            actor=actor, board_id=board.pk, name=version, kind=LabelKind.RELEASE, colour="#059669"
-        )
-        for card in cards:
-            card_label_add(actor=actor, card_id=card.pk, label_id=label.pk)
-            if target is not None and not card.archived:
-                after = card_move(
-                    actor=actor,
-                    card_id=card.pk,
-                    to_column_id=target.pk,
-                    expected_version=None,
-                    stay_if_in_column=True,
-                )
-                if after.column_id != card.column_id:
-                    moved.append(after)
+    delivers = status == "success" and stage is not None
+    target = board.columns.filter(stage=stage).order_by("position").first() if delivers else None
+    # The deployment is recorded first, so the moves it makes can name it.
     event = log.record(
         actor=actor,
         board=board,
@@ -986,7 +977,25 @@ def deployment_record(
                 ],
                 "cards": [{"id": c.pk, "ref": c.ref, "number": c.number} for c in cards],
             },
-            "moved": [card.ref for card in moved],
+            "moves_to": target.name if target is not None else None,
         },
     )
+    moved: list[Card] = []
+    if delivers and cards:
+        label = label_get_or_create(
+            actor=actor, board_id=board.pk, name=version, kind=LabelKind.RELEASE, colour="#059669"
+        )
+        for card in cards:
+            card_label_add(actor=actor, card_id=card.pk, label_id=label.pk)
+            if target is not None and not card.archived:
+                after = card_move(
+                    actor=actor,
+                    card_id=card.pk,
+                    to_column_id=target.pk,
+                    expected_version=None,
+                    stay_if_in_column=True,
+                    deployment_id=event.pk,
+                )
+                if after.column_id != card.column_id:
+                    moved.append(after)
     return DeploymentResult(event=event, cards=cards, moved=moved)

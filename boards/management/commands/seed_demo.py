@@ -135,7 +135,7 @@ class Command(BaseCommand):
         steps = self._plan(rng=rng, start=start, now=now, days=days, cards=cards)
         columns = {c.name: c.pk for c in board.columns.all()}
         created: dict[int, int] = {}
-        release_bot = Actor(user=None, source=Source.SYSTEM, name="release-bot")
+        release_bot = Actor(user=None, source=Source.SYSTEM, name="ci-pipeline")
         releases_per_month: dict[str, int] = {}
         for step in tqdm(steps, desc=f"{key} history", unit="step", disable=None):
             person = Actor(user=rng.choice(team))
@@ -177,6 +177,7 @@ class Command(BaseCommand):
                         version=f"{month}.{releases_per_month[month]}",
                         columns=columns,
                         rework=rng.random() < 0.15,
+                        rng=rng,
                     )
 
     def _plan(self, *, rng, start, now, days, cards) -> list[Step]:
@@ -203,26 +204,36 @@ class Command(BaseCommand):
             release_at += timedelta(days=rng.choice([1, 2, 2, 3, 4]), minutes=rng.randint(-90, 90))
         return [s for s in heapq.nsmallest(len(steps), steps) if s.at < now]
 
-    def _release(self, *, board, actor, version, columns, rework):
-        """Label what is in Staging with the release and move it to Deployed."""
+    def _release(self, *, board, actor, version, columns, rework, rng):
+        """Deploy what is in Staging to production as CI would; now and then it fails first."""
         staged = list(Card.objects.filter(column_id=columns["Staging"], archived=False))
         if not staged:
             return
-        label = services.label_get_or_create(
-            actor=actor, board_id=board.pk, name=version, kind="release", colour="#059669"
-        )
-        for card in staged:
-            services.card_label_add(actor=actor, card_id=card.pk, label_id=label.pk)
-            card.refresh_from_db()
-            services.card_move(
-                actor=actor,
-                card_id=card.pk,
-                to_column_id=columns["Deployed"],
-                expected_version=card.version,
+        now = clock.now()
+        commits = [
+            services.Commit(
+                sha=f"{rng.getrandbits(40):010x}",
+                timestamp=now - timedelta(hours=rng.uniform(4, 72)),
+                message=f"{card.title} ({card.board.key}-{card.number})",
             )
+            for card in staged
+        ]
+        numbers = [card.number for card in staged]
+        if rng.random() < 0.12:  # a failed deployment, fixed and shipped some hours later
+            services.deployment_record(
+                actor=actor, board_id=board.pk, version=version, environment="production",
+                status="failed", card_numbers=numbers, commits=commits,
+            )  # fmt: skip
+            now += timedelta(hours=rng.uniform(1, 8))
+            version += "-fix"
+        with clock.frozen_at(now):
+            services.deployment_record(
+                actor=actor, board_id=board.pk, version=version, environment="production",
+                status="success", card_numbers=numbers, commits=commits,
+            )  # fmt: skip
         if rework:  # the release broke something: one card goes back for more work
             card = Card.objects.get(pk=staged[0].pk)
-            with clock.frozen_at(clock.now() + timedelta(minutes=20)):
+            with clock.frozen_at(now + timedelta(minutes=20)):
                 services.card_move(
                     actor=actor,
                     card_id=card.pk,
