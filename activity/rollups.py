@@ -48,11 +48,11 @@ def rollups_advance(*, batch: int = BATCH, progress: Callable[[int], None] | Non
     """Apply every event committed since the last run; returns how many were applied."""
     applied = 0
     while True:
-        count = _advance_one_batch(batch=batch)
+        count, more = _advance_one_batch(batch=batch)
         applied += count
         if progress and count:
             progress(count)
-        if count < batch:
+        if not more:
             return applied
 
 
@@ -87,24 +87,30 @@ def _snapshot_xmin() -> int:
 
 
 @transaction.atomic
-def _advance_one_batch(*, batch: int) -> int:
+def _advance_one_batch(*, batch: int) -> tuple[int, bool]:
+    """Apply one batch; returns how many events, and whether more are waiting."""
     cursor, _ = ProjectionCursor.objects.get_or_create(name=CURSOR)
     cursor = ProjectionCursor.objects.select_for_update().get(pk=cursor.pk)
     if connection.vendor == "postgresql":
-        events, cursor.txid_watermark = _next_by_txid(cursor.txid_watermark, batch)
+        events, cursor.txid_watermark, more = _next_by_txid(cursor.txid_watermark, batch)
     else:
-        events = list(Event.objects.filter(pk__gt=cursor.event_watermark).order_by("pk")[:batch])
+        events = list(
+            Event.objects.filter(pk__gt=cursor.event_watermark).order_by("pk")[: batch + 1]
+        )
+        more = len(events) > batch
+        events = events[:batch]
         if events:
             cursor.event_watermark = events[-1].pk
     if events:
         _apply(events)
     cursor.events_applied += len(events)
     cursor.save()
-    return len(events)
+    return len(events), more
 
 
-def _next_by_txid(watermark: int, batch: int) -> tuple[list[Event], int]:
-    """Events of finished transactions from `watermark` on, whole transactions at a time."""
+def _next_by_txid(watermark: int, batch: int) -> tuple[list[Event], int, bool]:
+    """Events of finished transactions from `watermark` on, whole transactions at a time;
+    with the next watermark and whether more events are waiting below the horizon."""
     horizon = _snapshot_xmin()
     events = list(
         Event.objects.filter(txid__gte=watermark, txid__lt=horizon).order_by("txid", "pk")[
@@ -112,13 +118,13 @@ def _next_by_txid(watermark: int, batch: int) -> tuple[list[Event], int]:
         ]
     )
     if len(events) <= batch:
-        return events, max(horizon, watermark)
+        return events, max(horizon, watermark), False
     last = events[-1].txid
     whole = [event for event in events if event.txid != last]
     if whole:
-        return whole, last
+        return whole, last, True
     # One transaction wrote more than a batch: take all of it.
-    return list(Event.objects.filter(txid=last).order_by("pk")), last + 1
+    return list(Event.objects.filter(txid=last).order_by("pk")), last + 1, True
 
 
 # --- applying events ----------------------------------------------------------------------------

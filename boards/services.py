@@ -1,8 +1,10 @@
 """Every write to the boards: one transaction each, each recording exactly one event.
 
-A service checks the actor's role first, locks what it changes, validates its input and then
-writes; anything it refuses raises before a row is touched (`boards.errors`, or Django's
-`ValidationError` for bad input). A call that changes nothing writes nothing and no event.
+A service checks the actor's role first, locks what it changes (FOR NO KEY UPDATE: rows that
+only point at a locked row, such as events and projections, can still be written), validates
+its input and then writes; anything it refuses raises before a row is touched
+(`boards.errors`, or Django's `ValidationError` for bad input). A call that changes nothing
+writes nothing and no event.
 """
 
 import datetime
@@ -256,7 +258,8 @@ def column_update(
 ) -> Column:
     """Change a column's name, stage, position or WIP limit (board admins). One event."""
     column = _get_or_404(
-        Column.objects.select_for_update(of=("self",)).select_related("board"), column_id
+        Column.objects.select_for_update(of=("self",), no_key=True).select_related("board"),
+        column_id,
     )
     board = column.board
     role_require(actor=actor, board=board, at_least=Role.ADMIN)
@@ -379,7 +382,7 @@ def label_update(
 ) -> Label:
     """Rename, recolour or re-kind a label (editors). One event, none if nothing changed."""
     label = _get_or_404(
-        Label.objects.select_for_update(of=("self",)).select_related("board"), label_id
+        Label.objects.select_for_update(of=("self",), no_key=True).select_related("board"), label_id
     )
     role_require(actor=actor, board=label.board, at_least=Role.EDITOR)
     before = label_snapshot(label)
@@ -444,7 +447,7 @@ def card_create(
     )
     due_date = _clean_due_date(due_date)
     column_id = _clean_id(column_id, field="column", required=False)
-    columns = Column.objects.select_for_update().filter(board=board)
+    columns = Column.objects.select_for_update(no_key=True).filter(board=board)
     if column_id is None:
         column = columns.filter(stage=Stage.TODO).first() or columns.first()
     else:
@@ -551,7 +554,7 @@ def card_move(
     before_id = _clean_id(before_id, field="before", required=False)
     # Lock the target column first, then the card: a rebalance holds its column and then
     # rewrites that column's cards, so this order cannot deadlock with it.
-    to_column = Column.objects.select_for_update().filter(pk=to_column_id).first()
+    to_column = Column.objects.select_for_update(no_key=True).filter(pk=to_column_id).first()
     card = _card_locked(card_id)
     role_require(actor=actor, board=card.board, at_least=Role.EDITOR)
     if to_column is None or to_column.board_id != card.board_id:
@@ -621,7 +624,7 @@ def card_restore(*, actor: Actor, card_id: int, expected_version: int | None = N
     """Bring an archived card back, at the bottom of its column. One event."""
     column_id = Card.objects.filter(pk=card_id).values_list("column_id", flat=True).first()
     if column_id is not None:
-        Column.objects.select_for_update().filter(pk=column_id).first()
+        Column.objects.select_for_update(no_key=True).filter(pk=column_id).first()
     card = _card_locked(card_id)
     role_require(actor=actor, board=card.board, at_least=Role.EDITOR)
     if expected_version is not None:
@@ -763,12 +766,13 @@ def _get_or_404(queryset, pk: int):
 
 
 def _board_locked(board_id: int) -> Board:
-    return _get_or_404(Board.objects.select_for_update(), board_id)
+    return _get_or_404(Board.objects.select_for_update(no_key=True), board_id)
 
 
 def _card_locked(card_id: int) -> Card:
     return _get_or_404(
-        Card.objects.select_for_update(of=("self",)).select_related("board", "column"), card_id
+        Card.objects.select_for_update(of=("self",), no_key=True).select_related("board", "column"),
+        card_id,
     )
 
 
@@ -832,7 +836,9 @@ def _rebalance_if_crowded(*, card: Card) -> dict[str, str]:
         return {}
     # Lock the rows to rewrite (in id order, like every other locker of many cards): a card
     # moving out of the column meanwhile is waited for, then no longer matches.
-    locked = _open_cards(card.column).exclude(pk=card.pk).select_for_update().order_by("pk")
+    locked = (
+        _open_cards(card.column).exclude(pk=card.pk).select_for_update(no_key=True).order_by("pk")
+    )
     others = sorted(locked.only("pk", "rank", "column_id"), key=lambda other: other.rank)
     position = sum(1 for other in others if other.rank < card.rank)
     ordered = [*others[:position], card, *others[position:]]

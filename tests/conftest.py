@@ -7,6 +7,7 @@ import pytest
 from django.contrib.auth import get_user_model
 from django.db.backends.postgresql.operations import DatabaseOperations
 
+from activity import dbtriggers
 from activity.log import Actor
 from boards import services
 from boards.models import Board, Card, Column, Role
@@ -18,19 +19,35 @@ User = get_user_model()
 def _flush_past_the_append_only_triggers():
     """Let test teardown empty the event log, which the database otherwise refuses.
 
-    Transactional tests end with Django's flush (TRUNCATE on PostgreSQL). Inside that one
-    transaction the test database's superuser sets session_replication_role to replica,
-    which skips the triggers; the application itself never does this.
+    Transactional tests end with Django's flush (TRUNCATE on PostgreSQL, DELETE on SQLite).
+    On PostgreSQL the test database's superuser sets session_replication_role to replica
+    inside that one transaction, which skips the triggers; on SQLite the flush drops and
+    re-creates them around the DELETEs. The application itself never does either.
     """
+    from django.db.backends.sqlite3.base import DatabaseWrapper as SQLiteWrapper
+
+    SQLiteOperations = SQLiteWrapper.ops_class
+
     original = DatabaseOperations.sql_flush
+    original_sqlite = SQLiteOperations.sql_flush
 
     def sql_flush(self, style, tables, **kwargs):
         statements = original(self, style, tables, **kwargs)
         return ["SET LOCAL session_replication_role = replica", *statements] if statements else []
 
+    def sql_flush_sqlite(self, style, tables, **kwargs):
+        """SQLite has no such switch: drop the triggers, empty the tables, put them back."""
+        statements = original_sqlite(self, style, tables, **kwargs)
+        if not statements:
+            return []
+        drops = [sql for sql in dbtriggers.SQLITE if sql.startswith("DROP")]
+        return [*drops, *statements, *dbtriggers.SQLITE]
+
     DatabaseOperations.sql_flush = sql_flush
+    SQLiteOperations.sql_flush = sql_flush_sqlite
     yield
     DatabaseOperations.sql_flush = original
+    SQLiteOperations.sql_flush = original_sqlite
 
 
 @pytest.fixture(autouse=True)
