@@ -14,5 +14,6 @@ urlpatterns = [
     path("api/v1/", api.urls),
     path("accounts/", include("django.contrib.auth.urls")),
     path("settings/tokens/", boards_views.token_settings, name="tokens"),
+    path("", include("activity.urls")),
     path("", include("boards.urls")),
 ]
