@@ -11,6 +11,7 @@ from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.http import HttpRequest
 
+from activity.export import ExportFilter, deployments_csv_response
 from activity.log import Actor
 from activity.models import Source
 from boards import services
@@ -72,7 +73,12 @@ class BoardAdmin(ServiceAdminMixin, admin.ModelAdmin):
     list_display = ["name", "key", "created_at"]
     search_fields = ["name", "key"]
     inlines = [ColumnInline, MembershipInline]
-    actions = None
+    actions = ["export_deployments"]
+
+    @admin.action(description="Export deployment history (CSV)")
+    def export_deployments(self, request, queryset):
+        scope = ExportFilter(board_ids=frozenset(queryset.values_list("pk", flat=True)))
+        return deployments_csv_response(scope=scope, filename="flux-deployments.csv")
 
     def get_readonly_fields(self, request, obj=None):
         return ["key", "created_at"] if obj else ["created_at"]

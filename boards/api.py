@@ -14,7 +14,7 @@ from ninja.responses import Status
 from boards import queries, services
 from boards.errors import NotFoundError
 from boards.models import BOARD_KEY_RE, Board, Card, Column, LabelKind, Role, Stage
-from flux.problems import ERRORS, WRITE_ERRORS
+from flux.problems import ERRORS, WRITE_ERRORS, IsoDate, IsoDateTime
 
 User = get_user_model()
 router = Router(tags=["boards"])
@@ -59,7 +59,7 @@ class CardOut(Schema):
     stage: Stage
     version: int
     archived: bool
-    due_date: datetime.date | None
+    due_date: IsoDate | None
     labels: list[str]
     releases: list[str]
     assignees: list[str]
@@ -80,7 +80,7 @@ class CardIn(Schema):
     title: str = Field(min_length=1, max_length=200)
     description: str = Field("", max_length=20_000)
     column: str | None = Field(None, max_length=50, description="Column name or stage.")
-    due_date: datetime.date | None = None
+    due_date: IsoDate | None = None
     labels: list[str] = Field(default_factory=list, max_length=50)
     assignees: list[str] = Field(default_factory=list, max_length=50)
 
@@ -88,7 +88,7 @@ class CardIn(Schema):
 class CardPatch(Schema):
     title: str | None = Field(None, min_length=1, max_length=200)
     description: str | None = Field(None, max_length=20_000)
-    due_date: datetime.date | None = None
+    due_date: IsoDate | None = None
     expected_version: int | None = Field(None, ge=1, le=2_147_483_647)
 
 
@@ -101,7 +101,7 @@ class MoveIn(Schema):
 
 class CommitIn(Schema):
     sha: str = Field(min_length=4, max_length=64, pattern=r"^[0-9a-fA-F]+$")
-    timestamp: datetime.datetime | None = None
+    timestamp: IsoDateTime | None = None
     message: str = Field("", max_length=10_000)
 
 
@@ -113,8 +113,8 @@ class DeploymentIn(Schema):
     cards: list[str] | None = Field(None, max_length=500)
     commits: list[CommitIn] = Field(default_factory=list, max_length=1000)
     url: str = Field("", max_length=500)
-    started_at: datetime.datetime | None = None
-    finished_at: datetime.datetime | None = None
+    started_at: IsoDateTime | None = None
+    finished_at: IsoDateTime | None = None
 
 
 class DeploymentOut(Schema):
