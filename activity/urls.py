@@ -1,4 +1,12 @@
+from django.urls import path
+
+from activity import views
+from boards import urls as _board_urls  # noqa: F401  (registers the <key:...> converter)
+
 app_name = "activity"
 
 # The insights pages and the CSV export mount here.
-urlpatterns: list = []
+urlpatterns: list = [
+    path("b/<key:key>/insights/", views.board_insights, name="insights"),
+    path("services/", views.services, name="services"),
+]
