@@ -8,6 +8,8 @@ from django.core.validators import MaxLengthValidator, RegexValidator
 from django.db import models
 from django.db.models.functions import Length
 from django.db.models.lookups import LessThanOrEqual
+from django.urls import reverse
+from django.utils.functional import cached_property
 
 from boards.ranking import RankField
 
@@ -68,6 +70,11 @@ class Board(models.Model):
     def __str__(self) -> str:
         return f"{self.name} ({self.key})"
 
+    @cached_property
+    def cards_url(self) -> str:
+        """The URL prefix of this board's cards ("/b/PAY/cards/"): one reverse per page."""
+        return reverse("boards:card", args=[self.key, 0]).removesuffix("0/")
+
 
 class Column(models.Model):
     board = models.ForeignKey(Board, on_delete=models.CASCADE, related_name="columns")
@@ -82,7 +89,8 @@ class Column(models.Model):
     )
 
     class Meta:
-        ordering = ["board", "position", "id"]
+        # No join in the default order: a FOR UPDATE on a column must lock only the column.
+        ordering = ["position", "id"]
         constraints = [
             models.UniqueConstraint(fields=["board", "name"], name="column_unique_name"),
             models.CheckConstraint(
@@ -159,7 +167,7 @@ class Card(models.Model):
     entered_column_at = models.DateTimeField(help_text="When the card came into its column.")
 
     class Meta:
-        ordering = ["column__position", "rank"]
+        ordering = ["column_id", "rank"]
         constraints = [
             models.UniqueConstraint(fields=["board", "number"], name="card_unique_number"),
             # Invariant 4: within a column, open cards are strictly ordered.
@@ -182,6 +190,10 @@ class Card(models.Model):
     @property
     def ref(self) -> str:
         return f"{self.board.key}-{self.number}"
+
+    @property
+    def url(self) -> str:
+        return f"{self.board.cards_url}{self.number}/"
 
 
 class Comment(models.Model):

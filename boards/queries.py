@@ -134,9 +134,10 @@ class ColumnView:
 
 
 def _card_rows(board: Board) -> QuerySet[Card]:
+    """Open cards with their labels and assignees as plain lists (no queryset per card)."""
     return Card.objects.filter(board=board, archived=False).prefetch_related(
-        Prefetch("labels", queryset=Label.objects.order_by("kind", "name")),
-        Prefetch("assignees", queryset=User.objects.order_by("username")),
+        Prefetch("labels", queryset=Label.objects.order_by("kind", "name"), to_attr="label_list"),
+        Prefetch("assignees", queryset=User.objects.order_by("username"), to_attr="assignee_list"),
     )
 
 

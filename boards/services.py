@@ -257,10 +257,7 @@ def column_update(
     wip_blocks: bool = _UNSET,
 ) -> Column:
     """Change a column's name, stage, position or WIP limit (board admins). One event."""
-    column = _get_or_404(
-        Column.objects.select_for_update(of=("self",), no_key=True).select_related("board"),
-        column_id,
-    )
+    column = _locked(Column.objects.select_related("board"), column_id)
     board = column.board
     role_require(actor=actor, board=board, at_least=Role.ADMIN)
     wanted: dict[str, Any] = {}
@@ -381,9 +378,7 @@ def label_update(
     *, actor: Actor, label_id: int, name: str = _UNSET, colour: str = _UNSET, kind: str = _UNSET
 ) -> Label:
     """Rename, recolour or re-kind a label (editors). One event, none if nothing changed."""
-    label = _get_or_404(
-        Label.objects.select_for_update(of=("self",), no_key=True).select_related("board"), label_id
-    )
+    label = _locked(Label.objects.select_related("board"), label_id)
     role_require(actor=actor, board=label.board, at_least=Role.EDITOR)
     before = label_snapshot(label)
     if name is not _UNSET:
@@ -447,7 +442,7 @@ def card_create(
     )
     due_date = _clean_due_date(due_date)
     column_id = _clean_id(column_id, field="column", required=False)
-    columns = Column.objects.select_for_update(no_key=True).filter(board=board)
+    columns = Column.objects.select_for_update(of=("self",), no_key=True).filter(board=board)
     if column_id is None:
         column = columns.filter(stage=Stage.TODO).first() or columns.first()
     else:
@@ -554,7 +549,9 @@ def card_move(
     before_id = _clean_id(before_id, field="before", required=False)
     # Lock the target column first, then the card: a rebalance holds its column and then
     # rewrites that column's cards, so this order cannot deadlock with it.
-    to_column = Column.objects.select_for_update(no_key=True).filter(pk=to_column_id).first()
+    to_column = (
+        Column.objects.select_for_update(of=("self",), no_key=True).filter(pk=to_column_id).first()
+    )
     card = _card_locked(card_id)
     role_require(actor=actor, board=card.board, at_least=Role.EDITOR)
     if to_column is None or to_column.board_id != card.board_id:
@@ -624,7 +621,7 @@ def card_restore(*, actor: Actor, card_id: int, expected_version: int | None = N
     """Bring an archived card back, at the bottom of its column. One event."""
     column_id = Card.objects.filter(pk=card_id).values_list("column_id", flat=True).first()
     if column_id is not None:
-        Column.objects.select_for_update(no_key=True).filter(pk=column_id).first()
+        Column.objects.select_for_update(of=("self",), no_key=True).filter(pk=column_id).first()
     card = _card_locked(card_id)
     role_require(actor=actor, board=card.board, at_least=Role.EDITOR)
     if expected_version is not None:
@@ -769,11 +766,19 @@ def _board_locked(board_id: int) -> Board:
     return _get_or_404(Board.objects.select_for_update(no_key=True), board_id)
 
 
+def _locked(queryset, pk: int):
+    """Lock one row by id, then read it with its relations.
+
+    The lock takes the row alone: PostgreSQL re-checks a locked row that changed meanwhile
+    against the *old* versions of any joined, unlocked rows, so a join in the locking query
+    can make a card that was just moved to another column vanish from the result.
+    """
+    _get_or_404(queryset.model.objects.select_for_update(no_key=True).only("pk"), pk)
+    return queryset.get(pk=pk)
+
+
 def _card_locked(card_id: int) -> Card:
-    return _get_or_404(
-        Card.objects.select_for_update(of=("self",), no_key=True).select_related("board", "column"),
-        card_id,
-    )
+    return _locked(Card.objects.select_related("board", "column"), card_id)
 
 
 def _open_cards(column: Column):

@@ -3,12 +3,18 @@
 Tests run on PostgreSQL (`make test`), and those marked `sqlite` run on the SQLite default too.
 """
 
+import time
+
 import pytest
 from django.contrib.auth import get_user_model
+from django.db import connection
 from django.db.backends.postgresql.operations import DatabaseOperations
+from django.db.models import Max
 
 from activity import dbtriggers
 from activity.log import Actor
+from activity.models import Event, ProjectionCursor
+from activity.rollups import CURSOR, rollups_advance
 from boards import services
 from boards.models import Board, Card, Column, Role
 
@@ -121,3 +127,19 @@ def column_titles(board: Board, name: str) -> list[str]:
         .order_by("rank")
         .values_list("title", flat=True)
     )
+
+
+def rollups_settle() -> None:
+    """Apply every committed event, waiting while some other transaction on the server
+    (another test run, say) holds the commit horizon below them."""
+    deadline = time.monotonic() + 30
+    while True:
+        rollups_advance()
+        if connection.vendor != "postgresql":
+            return
+        newest = Event.objects.aggregate(m=Max("txid"))["m"]
+        cursor = ProjectionCursor.objects.filter(name=CURSOR).first()
+        if newest is None or cursor is None or cursor.txid_watermark > newest:
+            return
+        assert time.monotonic() < deadline, "the commit horizon never passed the events"
+        time.sleep(0.1)

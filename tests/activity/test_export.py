@@ -12,10 +12,9 @@ from django.utils import timezone
 from activity.export import ExportFilter, csv_lines, deployment_rows
 from activity.log import Actor
 from activity.models import Deployment, DeploymentCard, Event
-from activity.rollups import rollups_advance
 from boards import services
 from boards.tokens import token_create
-from tests.conftest import as_actor, make_card
+from tests.conftest import as_actor, make_card, rollups_settle
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -52,7 +51,7 @@ def deployed(board, bob, alice):
         actor=as_actor(alice), board_id=other.pk, version="9", environment="production",
         status="success", card_numbers=[secret.number],
     )  # fmt: skip
-    rollups_advance()
+    rollups_settle()
     return board
 
 

@@ -8,9 +8,8 @@ from activity import clock
 from activity.log import Actor
 from activity.metrics import DAY, HOUR, Window, delivery_metrics, percentile, tier
 from activity.models import DailyRollup, Deployment, DeploymentCard
-from activity.rollups import rollups_advance
 from boards import services
-from tests.conftest import as_actor, column
+from tests.conftest import as_actor, column, rollups_settle
 
 # Committed history: on PostgreSQL the projections read only finished transactions.
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.sqlite]
@@ -73,7 +72,7 @@ def history(board, bob):
     deploy(at(3, 10), [d], "failed", at(2, 11))
     deploy(at(3, 13), [d], "success", at(2, 11))
     move(at(4, 9), c, "In Progress")
-    rollups_advance()
+    rollups_settle()
     return board
 
 

@@ -28,7 +28,7 @@ from activity.models import (
 from activity.rollups import CURSOR, rollups_advance, rollups_rebuild
 from boards import services
 from boards.models import Card, Stage
-from tests.conftest import as_actor, column, make_card, make_user
+from tests.conftest import as_actor, column, make_card, make_user, rollups_settle
 
 pytestmark = pytest.mark.django_db(transaction=True)
 ROOT = Path(__file__).resolve().parents[2]
@@ -90,7 +90,7 @@ def deploy(board, actor, cards, *, status="success", environment="production", c
 def test_running_twice_changes_nothing_and_equals_a_rebuild(board, bob):
     card = make_card(board, title="a", column_name="Staging")
     deploy(board, as_actor(bob), [card])  # may already run the rollups (eager Celery)
-    rollups_advance()
+    rollups_settle()
     first = projections()
     assert rollups_advance() == 0
     assert projections() == first
@@ -130,7 +130,7 @@ def test_an_event_whose_transaction_commits_late_is_counted_exactly_once(board, 
     assert early.pk not in counted
     may_commit.set()
     thread.join()
-    rollups_advance()
+    rollups_settle()
     rows = list(DeploymentCard.objects.values_list("card_id", flat=True))
     assert sorted(rows) == sorted([early.pk, late.pk])
     assert Deployment.objects.count() == 2
@@ -187,7 +187,7 @@ def test_incremental_runs_equal_a_rebuild_whatever_the_history(operations, trans
                            commit_at=moment - datetime.timedelta(hours=30))  # fmt: skip
                 case ("advance",):
                     rollups_advance(batch=3)
-    rollups_advance(batch=3)
+    rollups_settle()
     incremental = projections()
     rollups_rebuild()
     assert projections() == incremental
@@ -234,7 +234,7 @@ def test_a_rollup_killed_half_way_and_rerun_equals_a_rebuild(board, bob, setting
     worker.wait(30)
     assert worker.returncode == -signal.SIGKILL, "the run finished before it could be killed"
     assert applied > 0
-    rollups_advance()
+    rollups_settle()
     rerun = projections()
     assert len(rerun["deployments"]) == 40
     rollups_rebuild()

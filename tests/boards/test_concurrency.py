@@ -5,7 +5,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from django.db import connection
+from django.db import connection, transaction
 
 from activity.models import Event
 from boards import services
@@ -162,3 +162,40 @@ def test_concurrent_inserts_into_one_gap_all_land_in_strict_order(board, bob):
     assert sorted(titles[1:-1]) == sorted(c.title for c in newcomers)
     assert Event.objects.filter(board=board, kind="card.moved").count() == 16
     assert_strict_order(board)
+
+
+def test_moves_into_different_columns_of_one_board_do_not_wait_for_each_other(board, bob):
+    """A move locks its target column and card, not the board."""
+    first = make_card(board, title="first")
+    second = make_card(board, title="second")
+    holding, release = threading.Event(), threading.Event()
+
+    @in_thread
+    def slow_move():
+        with transaction.atomic():
+            services.card_move(
+                actor=as_actor(bob),
+                card_id=first.pk,
+                to_column_id=column(board, "Staging").pk,
+                expected_version=first.version,
+            )
+            holding.set()
+            assert release.wait(20)
+
+    thread = threading.Thread(target=slow_move)
+    thread.start()
+    try:
+        assert holding.wait(20)
+        with transaction.atomic():
+            with connection.cursor() as cursor:
+                cursor.execute("SET LOCAL lock_timeout = '2s'")
+            moved = services.card_move(
+                actor=as_actor(bob),
+                card_id=second.pk,
+                to_column_id=column(board, "In Review").pk,
+                expected_version=second.version,
+            )
+        assert moved.column.name == "In Review"
+    finally:
+        release.set()
+        thread.join()

@@ -1,0 +1,47 @@
+"""Thin views for the delivery pages: parse the query string, call activity.insights, render.
+
+Both pages are plain GETs whose state lives in the URL (the window, the release), so they can
+be bookmarked and shared; permission is the board page's own (`boards.queries.board_get`).
+"""
+
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import render
+from django.utils.cache import patch_vary_headers
+from django.views.decorators.http import require_GET
+
+from activity import insights
+from activity.log import Actor
+from boards.queries import board_get
+
+SERVICES = "activity/services.html"
+
+
+@require_GET
+def board_insights(request: HttpRequest, key: str) -> HttpResponse:
+    actor = Actor(user=request.user)
+    board = board_get(actor=actor, key=key)
+    days = insights.window_days_parse(request.GET.get("days"))
+    context = insights.insights_view(board=board, actor=actor, days=days)
+    return render(request, "activity/insights.html", context)
+
+
+@require_GET
+def services(request: HttpRequest) -> HttpResponse:
+    """Every permitted service side by side; `?release=<name>` adds where its cards are."""
+    actor = Actor(user=request.user)
+    release = insights.release_name_parse(request.GET.get("release"))
+    found = insights.release_cards(actor=actor, name=release) if release else []
+    context = {
+        "release": release,
+        "release_boards": found,
+        "release_found": any(entry.cards for entry in found),
+    }
+    if request.htmx and not request.htmx.history_restore_request:
+        response = render(request, f"{SERVICES}#release-results", context)
+    else:
+        context["rows"] = insights.services_view(actor=actor)
+        context["release_names"] = insights.release_names(actor=actor)
+        context["releases_recent"] = insights.releases_recent(actor=actor)
+        response = render(request, SERVICES, context)
+    patch_vary_headers(response, ["HX-Request"])
+    return response
