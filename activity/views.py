@@ -4,14 +4,15 @@ Both pages are plain GETs whose state lives in the URL (the window, the release)
 be bookmarked and shared; permission is the board page's own (`boards.queries.board_get`).
 """
 
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from django.shortcuts import render
 from django.utils.cache import patch_vary_headers
 from django.views.decorators.http import require_GET
 
 from activity import insights
+from activity.export import ExportFilter, deployments_csv_response
 from activity.log import Actor
-from boards.queries import board_get
+from boards.queries import board_get, boards_visible
 
 SERVICES = "activity/services.html"
 
@@ -45,3 +46,18 @@ def services(request: HttpRequest) -> HttpResponse:
         response = render(request, SERVICES, context)
     patch_vary_headers(response, ["HX-Request"])
     return response
+
+
+@require_GET
+def deployments_csv(request: HttpRequest, key: str | None = None) -> StreamingHttpResponse:
+    """Deployment history as CSV: one board's (from its insights page) or every permitted one's."""
+    actor = Actor(user=request.user)
+    if key is not None:
+        board = board_get(actor=actor, key=key)
+        board_ids, filename = frozenset([board.pk]), f"flux-{board.key}-deployments.csv"
+    else:
+        board_ids = frozenset(boards_visible(actor=actor).values_list("pk", flat=True))
+        filename = "flux-deployments.csv"
+    release = insights.release_name_parse(request.GET.get("release")) or ""
+    scope = ExportFilter(board_ids=board_ids, release=release)
+    return deployments_csv_response(scope=scope, filename=filename)

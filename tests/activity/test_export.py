@@ -148,3 +148,15 @@ def test_staff_export_selected_boards_from_the_admin(deployed, client, staff):
     rows = read_csv(response)
     assert {r["service_key"] for r in rows} == {"PAY"}
     assert len(rows) == 3
+
+
+def test_members_download_from_the_insights_and_services_pages(deployed, client, bob, mallory):
+    client.force_login(bob)
+    board_rows = read_csv(client.get("/b/PAY/insights/deployments.csv"))
+    assert {r["service_key"] for r in board_rows} == {"PAY"}
+    every = read_csv(client.get("/services/deployments.csv"))
+    assert {r["service_key"] for r in every} == {"PAY"}  # SEC is not bob's
+    assert "/b/PAY/insights/deployments.csv" in client.get("/b/PAY/insights/").content.decode()
+    client.force_login(mallory)
+    assert client.get("/b/PAY/insights/deployments.csv").status_code == 404
+    assert read_csv(client.get("/services/deployments.csv")) == []
