@@ -6,7 +6,7 @@ import re
 from typing import Annotated
 
 from ninja import Schema
-from pydantic import BeforeValidator
+from pydantic import AfterValidator, BeforeValidator
 
 
 class Problem(Schema):
@@ -30,5 +30,16 @@ def _text_only(value):
     raise ValueError("must be an ISO 8601 date or date-time, like 2026-11-29T10:00:00Z")
 
 
-IsoDateTime = Annotated[datetime.datetime, BeforeValidator(_text_only)]
+def _as_utc(value: datetime.datetime) -> datetime.datetime:
+    """Any offset ISO 8601 allows, as UTC (PostgreSQL takes offsets up to ±15:59 only);
+    a time without an offset is taken as UTC."""
+    if value.tzinfo is None:
+        return value.replace(tzinfo=datetime.UTC)
+    try:
+        return value.astimezone(datetime.UTC)
+    except OverflowError:
+        raise ValueError("date-time out of range") from None
+
+
+IsoDateTime = Annotated[datetime.datetime, BeforeValidator(_text_only), AfterValidator(_as_utc)]
 IsoDate = Annotated[datetime.date, BeforeValidator(_text_only)]

@@ -486,3 +486,13 @@ def test_the_admin_makes_a_token_and_shows_it_once(client, board, staff, bob):
     secret = next(m for m in messages if "not shown again" in m).rsplit(" ", 1)[-1]
     assert Api(secret).get("/boards").status_code == 200
     assert ApiToken.objects.get(name="admin-made").role == "viewer"
+
+
+@pytest.mark.parametrize(
+    "since",
+    ["2552-10-10T09:01:40.156-19:21", "9999-12-31T23:59:59-23:59", "0001-01-01T00:00:00+23:59",
+     "2026-11-29T10:00:00", "2026-11-29"],
+)  # fmt: skip
+def test_any_iso_time_in_a_query_is_a_2xx_or_a_422(board, bob, since):
+    response = Api(token_for(bob)).get("/deployments.csv", since=since)
+    assert response.status_code in (200, 422), response.content

@@ -1,5 +1,7 @@
 """A property-based fuzz of the API from its own OpenAPI schema: no 500, no schema violation."""
 
+import os
+
 import pytest
 import schemathesis
 from django.core.wsgi import get_wsgi_application
@@ -30,7 +32,8 @@ def bearer(transactional_db) -> dict[str, str]:
 
 @schema.parametrize()
 @settings(
-    max_examples=25,
+    max_examples=int(os.environ.get("FUZZ_EXAMPLES", "25")),
+    derandomize=not os.environ.get("FUZZ_RANDOM"),
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
