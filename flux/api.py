@@ -9,6 +9,7 @@ import time
 from django.conf import settings
 from django.core.cache import cache
 from django.core.exceptions import ValidationError as DjangoValidationError
+from django.db import DataError
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from ninja import NinjaAPI
 from ninja.errors import AuthenticationError, HttpError
@@ -118,6 +119,18 @@ def _invalid(request, error: NinjaValidationError):
 def _refused_input(request, error: DjangoValidationError):
     return problem(
         request, status=422, title="Invalid request", detail=refusal_message(error), slug="invalid"
+    )
+
+
+@api.exception_handler(DataError)
+def _unstorable(request, error: DataError):
+    """A value the database refuses (a NUL character, a number out of range) is bad input."""
+    return problem(
+        request,
+        status=422,
+        title="Invalid request",
+        detail="A value in the request cannot be stored or searched for (a NUL character?).",
+        slug="invalid",
     )
 
 
