@@ -116,7 +116,7 @@ def window_days_parse(value: str | None) -> int:
 
 def release_name_parse(value: str | None) -> str:
     """A release name from a query-string value: trimmed, at most a label's length; "" for none."""
-    return str(value or "").strip()[:RELEASE_NAME_MAX]
+    return str(value or "").replace("\x00", "").strip()[:RELEASE_NAME_MAX]
 
 
 def duration_text(seconds: float | None) -> str:

@@ -902,6 +902,7 @@ def card_labels_set(*, actor: Actor, card_id: int, label_ids: Iterable[int]) -> 
 # Deployments
 
 DEPLOY_STAGE = {"production": Stage.DEPLOYED, "staging": Stage.STAGING}
+STAGE_ORDER = {stage.value: index for index, stage in enumerate(Stage)}
 CARD_REF_RE = re.compile(r"\b([A-Z][A-Z0-9]{1,9})-(\d{1,9})\b")
 
 
@@ -951,6 +952,11 @@ def deployment_record(
     if status not in ("success", "failed"):
         raise ValidationError({"status": "A deployment's status is success or failed."})
     commits = list(commits)
+    for field, moment in [("started_at", started_at), ("finished_at", finished_at)] + [
+        ("commits", commit.timestamp) for commit in commits
+    ]:
+        if moment is not None and (moment.tzinfo is None or not 1970 <= moment.year <= 2200):
+            raise ValidationError({field: "Times need a UTC offset and a year from 1970 to 2200."})
     if card_numbers is None:
         card_numbers = [n for c in commits for n in card_refs_in(c.message, board_key=board.key)]
     numbers = list(dict.fromkeys(card_numbers))  # named twice, deployed once
@@ -993,12 +999,19 @@ def deployment_record(
     )
     moved: list[Card] = []
     if delivers and cards:
+        if target is not None:
+            # Column before cards, as in card_move: the other order can deadlock with a person
+            # moving one of these cards at the same moment.
+            Column.objects.select_for_update(of=("self",), no_key=True).filter(pk=target.pk).get()
         label = label_get_or_create(
             actor=actor, board_id=board.pk, name=version, kind=LabelKind.RELEASE, colour="#059669"
         )
         for card in cards:
             card_label_add(actor=actor, card_id=card.pk, label_id=label.pk)
-            if target is not None and not card.archived:
+            # Deployments move cards forward only: a staging deployment that names a card
+            # already in Deployed leaves it there.
+            forward = target is not None and STAGE_ORDER[card.column.stage] < STAGE_ORDER[stage]
+            if forward and not card.archived:
                 after = card_move(
                     actor=actor,
                     card_id=card.pk,

@@ -124,12 +124,14 @@ def _refused_input(request, error: DjangoValidationError):
 
 @api.exception_handler(DataError)
 def _unstorable(request, error: DataError):
-    """A value the database refuses (a NUL character, a number out of range) is bad input."""
+    """A NUL character the database refuses is bad input; any other DataError is our bug."""
+    if "NUL" not in str(error):
+        raise error
     return problem(
         request,
         status=422,
         title="Invalid request",
-        detail="A value in the request cannot be stored or searched for (a NUL character?).",
+        detail="Text in the request contains a NUL character, which Flux cannot store.",
         slug="invalid",
     )
 

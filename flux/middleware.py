@@ -10,6 +10,7 @@ from django.shortcuts import render
 
 from boards.errors import FluxError, ForbiddenError, NotFoundError, refusal_message
 from boards.models import IdempotencyKey
+from boards.tokens import token_authenticate
 
 
 class ServiceErrorMiddleware:
@@ -38,7 +39,8 @@ class IdempotencyMiddleware:
     A concurrent request with the same key waits on that row's unique index until the first
     commits, then replays its stored answer; so does any later retry. The same key with a
     different method, path or body is a 422. Answers that say nothing about the request's
-    effect (401, 403, 429, 5xx) are not kept, so the client may retry them.
+    effect (401, 403, 429, 5xx) are not kept, so the client may retry them. Keys are scoped
+    to the authenticated token: a revoked token's retry gets a 401, not the stored answer.
     """
 
     PREFIX = "/api/"
@@ -53,8 +55,12 @@ class IdempotencyMiddleware:
             return self.get_response(request)
         if len(key) > 200:
             return _problem(400, "Bad request", "An Idempotency-Key is at most 200 characters.")
-        auth = request.headers.get("Authorization", "")
-        scope = hashlib.sha256(auth.encode()).hexdigest()
+        # Keys belong to a live token: a revoked or unknown one gets the route's own 401.
+        bearer = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+        token = token_authenticate(bearer) if bearer else None
+        if token is None:
+            return self.get_response(request)
+        scope = f"token:{token.pk}"
         fingerprint = hashlib.sha256(
             b"\n".join([request.method.encode(), request.path.encode(), request.body])
         ).hexdigest()

@@ -30,15 +30,22 @@ def _text_only(value):
     raise ValueError("must be an ISO 8601 date or date-time, like 2026-11-29T10:00:00Z")
 
 
+EARLIEST, LATEST = 1970, 2200
+
+
 def _as_utc(value: datetime.datetime) -> datetime.datetime:
-    """Any offset ISO 8601 allows, as UTC (PostgreSQL takes offsets up to ±15:59 only);
-    a time without an offset is taken as UTC."""
+    """Any offset ISO 8601 allows, as UTC (PostgreSQL takes offsets up to ±15:59 only); a
+    time without an offset is taken as UTC. Years outside 1970-2200 are refused: no delivery
+    happened then, and the rollups' day arithmetic must never leave the calendar."""
     if value.tzinfo is None:
-        return value.replace(tzinfo=datetime.UTC)
+        value = value.replace(tzinfo=datetime.UTC)
     try:
-        return value.astimezone(datetime.UTC)
+        value = value.astimezone(datetime.UTC)
     except OverflowError:
         raise ValueError("date-time out of range") from None
+    if not EARLIEST <= value.year <= LATEST:
+        raise ValueError(f"must be between the years {EARLIEST} and {LATEST}")
+    return value
 
 
 IsoDateTime = Annotated[datetime.datetime, BeforeValidator(_text_only), AfterValidator(_as_utc)]

@@ -496,3 +496,35 @@ def test_the_admin_makes_a_token_and_shows_it_once(client, board, staff, bob):
 def test_any_iso_time_in_a_query_is_a_2xx_or_a_422(board, bob, since):
     response = Api(token_for(bob)).get("/deployments.csv", since=since)
     assert response.status_code in (200, 422), response.content
+
+
+def test_a_revoked_token_cannot_replay_its_stored_answer(board, bob):
+    card = make_card(board, title="a", column_name="Staging")
+    token, secret = token_create(actor=Actor(user=bob), user=bob, name="ci")
+    api = Api(secret)
+    body = deployment(cards=[card.ref])
+    assert api.post("/deployments", body, key="once").status_code == 201
+    token_revoke(actor=Actor(user=bob), token_id=token.pk)
+    assert_problem(api.post("/deployments", body, key="once"), 401)
+
+
+def test_a_staging_deployment_never_moves_a_card_backwards(api, board):
+    make_card(board, title="shipped", column_name="Deployed")
+    response = api.post(
+        "/deployments",
+        deployment(environment="staging", commits=[{"sha": "abc1234", "message": "see PAY-1"}]),
+    )
+    assert response.status_code == 201
+    assert response.json()["moved"] == []
+    assert column_titles(board, "Deployed") == ["shipped"]
+
+
+@pytest.mark.parametrize(
+    "finished_at", ["9999-12-31T23:59:59Z", "1900-01-01T00:00:00Z", "2026-13-01T00:00:00Z"]
+)
+def test_deployment_times_outside_the_calendar_flux_keeps_are_refused(api, board, finished_at):
+    card = make_card(board, title="a", column_name="Staging")
+    assert_problem(
+        api.post("/deployments", deployment(cards=[card.ref], finished_at=finished_at)), 422
+    )
+    assert not Event.objects.filter(kind="deployment.recorded").exists()
