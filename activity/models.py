@@ -140,6 +140,29 @@ class CardFlow(models.Model):
         return f"flow of card {self.card_id}"
 
 
+class CardMoment(models.Model):
+    """A moment a delivery time can start from: the card entered In Progress ("start"), or a
+    deployment named the card with its earliest commit ("commit"). Each delivery uses only the
+    moments known at or before it, so later events never rewrite an earlier delivery's times."""
+
+    START, COMMIT = "start", "commit"
+
+    event = models.ForeignKey(Event, on_delete=models.PROTECT, related_name="+")
+    card = models.ForeignKey("boards.Card", on_delete=models.PROTECT, related_name="+")
+    kind = models.CharField(max_length=10, choices=[(START, "start"), (COMMIT, "commit")])
+    at = models.DateTimeField()
+    known_at = models.DateTimeField(help_text="When the log learned of it (a commit: its deploy).")
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["event", "card", "kind"], name="card_moment_once")
+        ]
+        indexes = [models.Index(fields=["card", "kind", "at"], name="card_moment_lookup")]
+
+    def __str__(self) -> str:
+        return f"{self.kind} of card {self.card_id} at {self.at}"
+
+
 class Rework(models.Model):
     """A card leaving Deployed for an earlier stage."""
 

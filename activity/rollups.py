@@ -21,6 +21,7 @@ from django.db import connection, transaction
 from activity.metrics import percentile
 from activity.models import (
     CardFlow,
+    CardMoment,
     DailyRollup,
     Deployment,
     DeploymentCard,
@@ -63,6 +64,7 @@ def rollups_rebuild(*, batch: int = BATCH, progress: Callable[[int], None] | Non
         DeploymentCard.objects.all().delete()
         Deployment.objects.all().delete()
         Rework.objects.all().delete()
+        CardMoment.objects.all().delete()
         CardFlow.objects.all().delete()
         DailyRollup.objects.all().delete()
         ProjectionCursor.objects.update_or_create(
@@ -136,7 +138,10 @@ def _apply(events: Iterable[Event]) -> None:
     for event in events:
         match event.kind:
             case "card.created":
-                _flow_note(event, started=event.payload["card"]["stage"] == IN_PROGRESS)
+                started = event.payload["card"]["stage"] == IN_PROGRESS
+                _flow_note(event, started=started)
+                if started:
+                    _moment(event, event.card_id, CardMoment.START, event.occurred_at)
                 touched.cards.add(event.card_id)
             case "card.moved":
                 _apply_move(event, touched, deliveries)
@@ -146,10 +151,11 @@ def _apply(events: Iterable[Event]) -> None:
         for card_id in card_ids:
             if first_commit is not None:
                 _flow_note_commit(card_id, deployment.board_id, first_commit)
+                _moment(deployment.event, card_id, CardMoment.COMMIT, first_commit)
             DeploymentCard.objects.get_or_create(
                 deployment=deployment,
                 card_id=card_id,
-                defaults=_card_times(card_id, deployment.deployed_at),
+                defaults=_card_times(card_id, deployment.deployed_at, _moments([card_id])),
             )
             touched.cards.add(card_id)
     _refresh_card_times(touched)
@@ -159,6 +165,8 @@ def _apply(events: Iterable[Event]) -> None:
 def _apply_move(event: Event, touched: _Touched, deliveries: list) -> None:
     before, after = event.payload["from"], event.payload["to"]
     _flow_note(event, started=after["stage"] == IN_PROGRESS)
+    if after["stage"] == IN_PROGRESS:
+        _moment(event, event.card_id, CardMoment.START, event.occurred_at)
     touched.cards.add(event.card_id)
     if before["stage"] == DEPLOYED and after["stage"] != DEPLOYED:
         Rework.objects.get_or_create(
@@ -213,6 +221,7 @@ def _apply_deployment(event: Event, touched: _Touched, deliveries: list) -> None
     elif first_commit is not None:
         for card_id in card_ids:
             _flow_note_commit(card_id, event.board_id, first_commit)
+            _moment(event, card_id, CardMoment.COMMIT, first_commit)
             touched.cards.add(card_id)
 
 
@@ -246,19 +255,42 @@ def _flow_note_commit(card_id: int, board_id: int, first_commit: datetime.dateti
         flow.save(update_fields=["first_commit_at"])
 
 
-def _card_times(card_id: int, deployed_at: datetime.datetime) -> dict:
+def _moment(event: Event, card_id: int, kind: str, at: datetime.datetime) -> None:
+    known_at = max(at, event.occurred_at) if kind == CardMoment.COMMIT else at
+    CardMoment.objects.get_or_create(
+        event=event, card_id=card_id, kind=kind, defaults={"at": at, "known_at": known_at}
+    )
+
+
+Moment = tuple[str, datetime.datetime, datetime.datetime]
+
+
+def _moments(card_ids) -> dict[int, list[Moment]]:
+    found: dict[int, list[Moment]] = {card_id: [] for card_id in card_ids}
+    rows = CardMoment.objects.filter(card_id__in=card_ids).values_list(
+        "card_id", "kind", "at", "known_at"
+    )
+    for card_id, kind, at, known_at in rows:
+        found[card_id].append((kind, at, known_at))
+    return found
+
+
+def _card_times(card_id: int, deployed_at: datetime.datetime, moments: dict) -> dict:
+    """A delivery's times from what was known by then: the card's first entry into In
+    Progress, and the earliest commit a deployment at or before `deployed_at` named for it."""
     flow = CardFlow.objects.get(card_id=card_id)
-    start_of_change = flow.first_commit_at or flow.started_at or flow.created_at
+    earlier = [(kind, at) for kind, at, known in moments.get(card_id, []) if known <= deployed_at]
+    started = min((at for kind, at in earlier if kind == CardMoment.START), default=None)
+    committed = min((at for kind, at in earlier if kind == CardMoment.COMMIT), default=None)
+    start_of_change = committed or started or flow.created_at
     return {
         "card_ref": _card_ref(card_id),
         "created_at": flow.created_at,
-        "started_at": flow.started_at,
-        "first_commit_at": flow.first_commit_at,
+        "started_at": started,
+        "first_commit_at": committed,
         "deployed_at": deployed_at,
         "lead_time": max(0.0, (deployed_at - start_of_change).total_seconds()),
-        "cycle_time": (
-            max(0.0, (deployed_at - flow.started_at).total_seconds()) if flow.started_at else None
-        ),
+        "cycle_time": (deployed_at - started).total_seconds() if started else None,
         "card_lead_time": max(0.0, (deployed_at - flow.created_at).total_seconds()),
     }
 
@@ -271,8 +303,9 @@ def _card_ref(card_id: int) -> str:
 def _refresh_card_times(touched: _Touched) -> None:
     """Recompute the times of every delivery of the touched cards from their flow now."""
     rows = DeploymentCard.objects.filter(card_id__in=touched.cards).select_related("deployment")
+    moments = _moments(touched.cards)
     for row in rows:
-        fresh = _card_times(row.card_id, row.deployed_at)
+        fresh = _card_times(row.card_id, row.deployed_at, moments)
         changed = [name for name, value in fresh.items() if getattr(row, name) != value]
         if changed:
             for name in changed:

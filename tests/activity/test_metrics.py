@@ -161,3 +161,38 @@ def test_percentiles_interpolate_between_neighbours():
     assert percentile([5.0], 85) == 5.0
     assert percentile([1.0, 2.0, 3.0, 4.0], 50) == 2.5
     assert percentile([10.0, 20.0], 85) == pytest.approx(18.5)
+
+
+def test_later_events_never_rewrite_an_earlier_deliverys_times(board, bob):
+    """To Do -> Deployed (no start, no commit), then In Progress -> Deployed again, then a
+    deployment naming it with a commit made after the first delivery."""
+    actor = as_actor(bob)
+
+    def move(moment, card, to):
+        card.refresh_from_db()
+        with clock.frozen_at(moment):
+            services.card_move(actor=actor, card_id=card.pk, to_column_id=column(board, to).pk,
+                               expected_version=card.version)  # fmt: skip
+
+    with clock.frozen_at(at(0, 9)):
+        card = services.card_create(actor=actor, board_id=board.pk, title="twice")
+    move(at(0, 12), card, "Deployed")
+    move(at(1, 9), card, "In Progress")
+    move(at(1, 15), card, "Deployed")
+    with clock.frozen_at(at(2, 9)):
+        services.deployment_record(
+            actor=actor, board_id=board.pk, version="v2", environment="production",
+            status="success", card_numbers=[card.number],
+            commits=[services.Commit(sha="abcdef12", timestamp=at(1, 10))],
+        )  # fmt: skip
+    rollups_settle()
+    rows = sorted(
+        DeploymentCard.objects.filter(card=card).values_list(
+            "deployed_at", "lead_time", "cycle_time"
+        )
+    )
+    assert [(lead / HOUR, cycle and cycle / HOUR) for _, lead, cycle in rows] == [
+        (3, None),  # created 09h -> deployed 12h; never in progress yet
+        (6, 6),  # started d1 09h -> deployed d1 15h; the later commit does not apply
+        (23, 24),  # commit d1 10h -> d2 09h; cycle from d1 09h
+    ]
