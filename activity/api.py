@@ -93,4 +93,4 @@ def deployments_csv(request: HttpRequest, query: Query[ExportQuery]):
     scope = ExportFilter(
         board_ids=board_ids, since=query.since, until=query.until, release=query.release or ""
     )
-    return deployments_csv_response(scope=scope, filename="flux-deployments.csv")
+    return deployments_csv_response(request=request, scope=scope, filename="flux-deployments.csv")

@@ -60,4 +60,4 @@ def deployments_csv(request: HttpRequest, key: str | None = None) -> StreamingHt
         filename = "flux-deployments.csv"
     release = insights.release_name_parse(request.GET.get("release")) or ""
     scope = ExportFilter(board_ids=board_ids, release=release)
-    return deployments_csv_response(scope=scope, filename=filename)
+    return deployments_csv_response(request=request, scope=scope, filename=filename)

@@ -78,7 +78,9 @@ class BoardAdmin(ServiceAdminMixin, admin.ModelAdmin):
     @admin.action(description="Export deployment history (CSV)")
     def export_deployments(self, request, queryset):
         scope = ExportFilter(board_ids=frozenset(queryset.values_list("pk", flat=True)))
-        return deployments_csv_response(scope=scope, filename="flux-deployments.csv")
+        return deployments_csv_response(
+            request=request, scope=scope, filename="flux-deployments.csv"
+        )
 
     def get_readonly_fields(self, request, obj=None):
         return ["key", "created_at"] if obj else ["created_at"]
