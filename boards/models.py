@@ -195,6 +195,10 @@ class Card(models.Model):
     def url(self) -> str:
         return f"{self.board.cards_url}{self.number}/"
 
+    @property
+    def release_labels(self) -> list["Label"]:
+        return [label for label in self.labels.all() if label.kind == LabelKind.RELEASE]
+
 
 class Comment(models.Model):
     card = models.ForeignKey(Card, on_delete=models.PROTECT, related_name="comments")

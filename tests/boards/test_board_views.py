@@ -444,3 +444,15 @@ def test_hostile_input_gets_a_4xx_never_a_500(editor, board, method, path, data)
         response = getattr(editor, method)(path, data or {}, **headers)
         assert response.status_code < 500, (path, response.status_code)
     assert Event.objects.count() == before
+
+
+def test_a_release_links_to_all_its_cards_from_the_board_and_the_dialog(editor, board, bob):
+    card = make_card(board, title="Refunds", column_name="Staging")
+    services.deployment_record(
+        actor=as_actor(bob), board_id=board.pk, version="2026.11.3", environment="production",
+        status="success", card_numbers=[card.number],
+    )  # fmt: skip
+    link = "/services/?release=2026.11.3"
+    assert link in editor.get(reverse("boards:detail", args=["PAY"])).content.decode()
+    dialog = editor.get(reverse("boards:card", args=["PAY", card.number]), **HX).content.decode()
+    assert link in dialog
