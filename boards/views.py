@@ -343,7 +343,16 @@ def _card_action(request: HttpRequest, key: str, number: int, action) -> HttpRes
     card = queries.card_get(
         actor=_actor(request), board_key=key, number=number, at_least=Role.EDITOR
     )
-    card = action(card)
+    try:
+        action(card)
+    except (WipLimitError, ValidationError) as refused:
+        # The dialog stays open and says why (e.g. restoring into a full, blocking column).
+        if not request.htmx:
+            messages.error(request, refusal_message(refused))
+            return redirect(reverse("boards:card", args=[key, number]))
+        context = _dialog_context(request, card, notice=refusal_message(refused))
+        status = 409 if isinstance(refused, WipLimitError) else 422
+        return _render(request, f"{BOARD}#card-dialog", context, status=status)
     if not request.htmx:
         return redirect(reverse("boards:card", args=[key, number]))
     card = queries.card_get(actor=_actor(request), board_key=key, number=number)

@@ -456,3 +456,18 @@ def test_a_release_links_to_all_its_cards_from_the_board_and_the_dialog(editor, 
     assert link in editor.get(reverse("boards:detail", args=["PAY"])).content.decode()
     dialog = editor.get(reverse("boards:card", args=["PAY", card.number]), **HX).content.decode()
     assert link in dialog
+
+
+def test_restoring_into_a_full_blocking_column_explains_in_the_dialog(editor, board, alice):
+    card = make_card(board, title="Refunds")
+    editor.post(reverse("boards:card-archive", args=["PAY", card.number]), **HX)
+    services.column_update(
+        actor=as_actor(alice), column_id=column(board, "To Do").pk, wip_limit=1, wip_blocks=True
+    )
+    make_card(board, title="fills it")
+    response = editor.post(reverse("boards:card-restore", args=["PAY", card.number]), **HX)
+    assert response.status_code == 409
+    html = response.content.decode()
+    assert html.lstrip().startswith("<dialog")
+    assert "WIP limit of 1" in html
+    assert Card.objects.get(pk=card.pk).archived
