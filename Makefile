@@ -15,12 +15,12 @@ BOOT_PYTHON := $(shell for c in python3.13 python3.12 python3 python; do \
 	if command -v $$c >/dev/null 2>&1 && $$c -c 'import sys; sys.exit(sys.version_info < (3, 12))' 2>/dev/null; then \
 	echo $$c; break; fi; done)
 
-.PHONY: help run test test-postgres test-sqlite lint format lock services-check clean
+.PHONY: help run test test-postgres test-sqlite lint format lock services-check clean bench
 
 help:
 	@echo "make run     set up and serve Flux at http://127.0.0.1:$(PORT) (SQLite, no services needed)"
 	@echo "make test    run the whole suite against PostgreSQL and Redis, then the SQLite guards"
-	@echo "make lint    ruff check and ruff format --check"
+	@echo "make lint    ruff check, ruff format --check, pip-audit of the lock files"
 	@echo "make lock    re-resolve requirements*.lock from pyproject.toml"
 
 $(VENV)/.installed: $(LOCK)
@@ -41,7 +41,9 @@ run: $(VENV)/.installed
 	@echo "  Flux is running at http://127.0.0.1:$(PORT)/  —  log in as demo / demo"
 	@echo "  (admin at http://127.0.0.1:$(PORT)/admin/ with the same login; Ctrl-C stops)"
 	@echo
-	DEBUG=1 $(PY) manage.py runserver 127.0.0.1:$(PORT)
+	DEBUG=1 $(PY) -m uvicorn flux.asgi:application --host 127.0.0.1 --port $(PORT) \
+		--reload $(foreach d,flux boards activity templates,--reload-dir $(d)) --reload-include '*.html' \
+		--timeout-graceful-shutdown 2
 
 services-check: $(VENV)/.installed
 	@$(PY) -m flux.servicecheck "$(TEST_DATABASE_URL)" "$(TEST_REDIS_URL)"
@@ -52,9 +54,24 @@ test: services-check
 	$(TEST_ENV) DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) $(PY) -m pytest $(PYTEST_ARGS)
 	$(TEST_ENV) DATABASE_URL=sqlite:///var/test.sqlite3 REDIS_URL= $(PY) -m pytest -m sqlite $(PYTEST_ARGS)
 
+# pip-audit checks every pinned version against the PyPI advisory database (network needed).
+# Found vulnerabilities fail the lint. If the service cannot be reached, or does not answer for
+# a package, nothing was audited: that is said plainly, and fails only with AUDIT_STRICT=1.
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	@for lock in requirements.lock requirements-dev.lock; do \
+		out=$$($(VENV)/bin/pip-audit -r $$lock --require-hashes --disable-pip --strict \
+			--progress-spinner off 2>&1); rc=$$?; \
+		if [ $$rc -eq 0 ]; then echo "pip-audit $$lock: no known vulnerabilities"; \
+		elif echo "$$out" | grep -q "known vulnerabilit"; then echo "$$out"; exit 1; \
+		elif echo "$$out" | grep -qiE "could not be audited|connection|timed out|resolve"; then \
+			echo "pip-audit $$lock: NOT AUDITED - the advisory service could not be reached or"; \
+			echo "  did not answer for the pinned versions (network?):"; \
+			echo "$$out" | grep -iE "error|could not" | head -3 | sed 's/^/    /'; \
+			if [ -n "$(AUDIT_STRICT)" ]; then exit 1; fi; \
+		else echo "$$out"; exit $$rc; fi; \
+	done
 
 format: $(VENV)/.installed
 	$(VENV)/bin/ruff check --fix .
@@ -67,3 +84,9 @@ lock: $(VENV)/.installed
 
 clean:
 	rm -rf $(VENV) staticfiles .pytest_cache .ruff_cache
+
+# The benchmark harness (bench/): its own database, a production-like server, var/bench.json.
+# QUICK=1 for a run under two minutes. BENCH_DATABASE_URL / BENCH_REDIS_URL override the defaults.
+bench: $(VENV)/.installed
+	@mkdir -p var
+	$(PY) -m bench $(if $(filter 1,$(QUICK)),--quick,) $(BENCH_ARGS)

@@ -44,7 +44,14 @@ def event_describe(event: Event, *, with_card: bool = True) -> str:
         case "column.created":
             return f"added the column {p['column']['name']}"
         case "column.updated":
-            return f"changed the {_field_names(p['changes'])} of a column"
+            changes = p["changes"]
+            if "name" in changes:
+                rest = {k: v for k, v in changes.items() if k != "name"}
+                also = f" and changed its {_field_names(rest)}" if rest else ""
+                return (
+                    f"renamed the column {changes['name']['old']} to {changes['name']['new']}{also}"
+                )
+            return f"changed the {_field_names(changes)} of a column"
         case "label.created":
             return f"created the label {p['label']['name']}"
         case "label.updated":
@@ -53,4 +60,11 @@ def event_describe(event: Event, *, with_card: bool = True) -> str:
             return f"made {p['username']} {p['new']}"
         case "membership.removed":
             return f"removed {p['username']} from the board"
+        case "deployment.recorded":
+            d = p["deployment"]
+            version = f" {d['version']}" if d.get("version") else ""
+            failed = " (failed)" if d.get("status") == "failed" else ""
+            cards = len(d.get("cards", []))
+            named = f" with {cards} card{'s' if cards != 1 else ''}" if cards else ""
+            return f"deployed{version} to {d['environment']}{named}{failed}"
     return event.kind.replace(".", " ")

@@ -5,15 +5,22 @@ and its event commit or roll back together (invariant 1 in DESIGN.md).
 """
 
 import logging
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from django.db import transaction
 
-from activity import clock
+from activity import clock, live
 from activity.models import Event, Source
 
 logger = logging.getLogger(__name__)
+
+# Set by flux.middleware for the length of one request: the id that ties the request's log
+# lines to the events it writes, and the browser tab that made it (live updates skip a
+# tab's own changes, which it has already drawn).
+request_id: ContextVar[str] = ContextVar("flux_request_id", default="")
+client_id: ContextVar[str] = ContextVar("flux_client_id", default="")
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import AbstractBaseUser
@@ -66,7 +73,7 @@ def record(
     user = actor.user if actor.user is not None and actor.user.is_authenticated else None
     if _delivers(kind, payload):
         _once_on_commit(_rollups_soon)
-    return Event.objects.create(
+    event = Event.objects.create(
         occurred_at=clock.now(),
         actor=user,
         actor_name=actor.display_name[:150],
@@ -75,7 +82,10 @@ def record(
         card=card,
         kind=kind,
         payload=payload,
+        request_id=request_id.get()[:64],
     )
+    live.event_recorded(event, card=card, client=client_id.get())
+    return event
 
 
 def _delivers(kind: str, payload: dict[str, Any]) -> bool:

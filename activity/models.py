@@ -47,6 +47,13 @@ class Event(models.Model):
     # The writing transaction's id (pg_current_xact_id), set by a database trigger on
     # PostgreSQL so incremental readers can use a commit-safe watermark. Null on SQLite.
     txid = models.BigIntegerField(null=True, blank=True, editable=False)
+    # The request that wrote it (activity.log.request_id), to tie log lines to events.
+    request_id = models.CharField(max_length=64, blank=True, default="", db_default="")
+    # Tamper evidence (activity.chain): the event's place in its board's chain (1, 2, ...;
+    # commit order within the board) and the chain's head after it, sha256(previous head ||
+    # sha256(canonical content)) in hex. Empty on events written before the chain existed.
+    seq = models.BigIntegerField(null=True, blank=True, editable=False)
+    hash = models.CharField(max_length=64, blank=True, default="", db_default="", editable=False)
 
     objects = EventQuerySet.as_manager()
 
@@ -57,6 +64,11 @@ class Event(models.Model):
             models.Index(fields=["card", "id"], name="activity_event_card_id"),
             models.Index(fields=["kind", "id"], name="activity_event_kind_id"),
             models.Index(fields=["txid", "id"], name="activity_event_txid_id"),
+            models.Index(fields=["board", "occurred_at"], name="activity_event_board_time"),
+            models.Index(fields=["actor", "id"], name="activity_event_actor_id"),
+        ]
+        constraints = [
+            models.UniqueConstraint(fields=["board", "seq"], name="activity_event_board_seq"),
         ]
 
     def __str__(self) -> str:
@@ -66,6 +78,11 @@ class Event(models.Model):
         if not self._state.adding:
             raise AppendOnlyError("Events are append-only; they cannot be updated.")
         kwargs["force_insert"] = True  # never an UPDATE, even with an explicit id
+        # Joining the board's chain is part of being an event, like being append-only: one
+        # statement that locks the chain head until commit and returns this event's place.
+        from activity.chain import chain_append
+
+        chain_append(self, using=kwargs.get("using") or "default")
         super().save(*args, **kwargs)
 
     def delete(self, *args, **kwargs):
@@ -213,3 +230,72 @@ class ProjectionCursor(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+
+# --- Tamper evidence and replay accelerators ---------------------------------------------------
+
+
+class ChainHead(models.Model):
+    """The newest link of a board's event chain: its seq and hash. Each event moves it one on,
+    in the statement that also locks it, so appends on one board serialize and the chain has
+    no forks; other boards' heads are other rows and do not wait."""
+
+    board = models.OneToOneField(
+        "boards.Board", primary_key=True, on_delete=models.PROTECT, related_name="+"
+    )
+    seq = models.BigIntegerField()
+    head = models.BinaryField()
+
+    def __str__(self) -> str:
+        return f"chain of board {self.board_id} at {self.seq}"
+
+
+class BoardSnapshotQuerySet(models.QuerySet):
+    def update(self, **kwargs):
+        raise AppendOnlyError("Snapshots are append-only; they cannot be updated.")
+
+    def delete(self):
+        raise AppendOnlyError("Snapshots are append-only; they cannot be deleted.")
+
+
+class BoardSnapshot(models.Model):
+    """A board's replayed state after its event `seq`: an accelerator for activity.replay,
+    never the source of truth (replay from zero gives the same state), written once."""
+
+    board = models.ForeignKey("boards.Board", on_delete=models.PROTECT, related_name="+")
+    format = models.PositiveSmallIntegerField(help_text="activity.replay.FORMAT when written.")
+    seq = models.BigIntegerField(help_text="The state after the board's event of this seq.")
+    event_hash = models.CharField(max_length=64, help_text="That event's chain hash.")
+    occurred_max = models.DateTimeField(help_text="The latest occurred_at of events covered.")
+    state = models.JSONField()
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    objects = BoardSnapshotQuerySet.as_manager()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["board", "format", "seq"], name="board_snapshot_once")
+        ]
+
+    def __str__(self) -> str:
+        return f"snapshot of board {self.board_id} at {self.seq}"
+
+    def save(self, *args, **kwargs):
+        if not self._state.adding:
+            raise AppendOnlyError("Snapshots are append-only; they cannot be updated.")
+        kwargs["force_insert"] = True
+        super().save(*args, **kwargs)
+
+    def delete(self, *args, **kwargs):
+        raise AppendOnlyError("Snapshots are append-only; they cannot be deleted.")
+
+
+def _connect_sqlite_functions() -> None:
+    from django.db.backends.signals import connection_created
+
+    from activity.chain import sqlite_functions
+
+    connection_created.connect(sqlite_functions, dispatch_uid="activity_chain_sqlite_functions")
+
+
+_connect_sqlite_functions()

@@ -91,12 +91,18 @@ def board_list(*, actor: Actor) -> list[Board]:
     return boards
 
 
-def board_get(*, actor: Actor, key: str, at_least: Role = Role.VIEWER) -> Board:
+def board_get(
+    *, actor: Actor, key: str, at_least: Role = Role.VIEWER, with_last_event: bool = False
+) -> Board:
     """The board with that key if the actor has at least that role; NotFoundError otherwise.
 
-    One query: the user's membership role comes along as a subquery.
+    One query: the user's membership role comes along as a subquery, and so does the id of
+    the board's newest event when asked (`last_event_id`: where a live stream starts).
     """
     boards = Board.objects.filter(key=str(key).upper())
+    if with_last_event:
+        newest = Event.objects.filter(board=OuterRef("pk")).order_by("-id").values("id")[:1]
+        boards = boards.annotate(last_event_id=Subquery(newest))
     user = actor.user
     if user is not None and user.is_authenticated:
         mine = Membership.objects.filter(board=OuterRef("pk"), user=user).values("role")[:1]

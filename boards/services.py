@@ -126,7 +126,16 @@ def card_snapshot(card: Card) -> dict[str, Any]:
         "version": card.version,
         "archived": card.archived,
         **card_place(card),
+        "created_by_id": card.created_by_id,
+        "created_at": card.created_at.isoformat(),
+        "entered_column_at": card.entered_column_at.isoformat(),
+        **card_touched(card),
     }
+
+
+def card_touched(card: Card) -> dict[str, Any]:
+    """When a card row was last written: replay restores `updated_at` from this."""
+    return {"updated_at": card.updated_at.isoformat()}
 
 
 def label_snapshot(label: Label) -> dict[str, Any]:
@@ -172,7 +181,13 @@ def board_create(
         board=board,
         kind="board.created",
         payload={
-            "board": {"id": board.pk, "name": name, "key": key, "description": description},
+            "board": {
+                "id": board.pk,
+                "name": name,
+                "key": key,
+                "description": description,
+                "created_at": board.created_at.isoformat(),
+            },
             "columns": [column_snapshot(c) for c in created],
             "membership": {"user_id": member.user_id, "role": member.role},
         },
@@ -517,7 +532,12 @@ def card_update(
         board=card.board,
         card=card,
         kind="card.updated",
-        payload={"ref": card.ref, "changes": changes, "version": card.version},
+        payload={
+            "ref": card.ref,
+            "changes": changes,
+            "version": card.version,
+            **card_touched(card),
+        },
     )
     return card
 
@@ -586,6 +606,8 @@ def card_move(
         "from": before,
         "to": card_place(card),
         "version": card.version,
+        "entered_column_at": card.entered_column_at.isoformat(),
+        **card_touched(card),
     }
     if rebalanced:
         payload["rebalanced"] = rebalanced
@@ -611,7 +633,12 @@ def card_archive(*, actor: Actor, card_id: int, expected_version: int | None = N
         board=card.board,
         card=card,
         kind="card.archived",
-        payload={"ref": card.ref, "version": card.version, **card_place(card)},
+        payload={
+            "ref": card.ref,
+            "version": card.version,
+            **card_place(card),
+            **card_touched(card),
+        },
     )
     return card
 
@@ -637,7 +664,12 @@ def card_restore(*, actor: Actor, card_id: int, expected_version: int | None = N
         board=card.board,
         card=card,
         kind="card.restored",
-        payload={"ref": card.ref, "version": card.version, **card_place(card)},
+        payload={
+            "ref": card.ref,
+            "version": card.version,
+            **card_place(card),
+            **card_touched(card),
+        },
     )
     return card
 
@@ -660,7 +692,12 @@ def card_label_add(*, actor: Actor, card_id: int, label_id: int) -> Card:
         board=card.board,
         card=card,
         kind="card.labelled",
-        payload={"ref": card.ref, "label": label_snapshot(label), "version": card.version},
+        payload={
+            "ref": card.ref,
+            "label": label_snapshot(label),
+            "version": card.version,
+            **card_touched(card),
+        },
     )
     return card
 
@@ -680,7 +717,12 @@ def card_label_remove(*, actor: Actor, card_id: int, label_id: int) -> Card:
         board=card.board,
         card=card,
         kind="card.unlabelled",
-        payload={"ref": card.ref, "label": label_snapshot(label), "version": card.version},
+        payload={
+            "ref": card.ref,
+            "label": label_snapshot(label),
+            "version": card.version,
+            **card_touched(card),
+        },
     )
     return card
 
@@ -719,6 +761,7 @@ def card_assign(*, actor: Actor, card_id: int, user_ids: Iterable[int]) -> Card:
             "new": sorted(wanted),
             "names": {str(pk): name for pk, name in names.items()},
             "version": card.version,
+            **card_touched(card),
         },
     )
     return card
@@ -971,6 +1014,14 @@ def deployment_record(
     stage = DEPLOY_STAGE.get(environment)
     delivers = status == "success" and stage is not None
     target = board.columns.filter(stage=stage).order_by("position").first() if delivers else None
+    if delivers and cards:
+        # Every row the moves below will lock is locked now, before the first event: an event
+        # takes the board's chain head until commit (activity.chain), so a lock taken after it
+        # could deadlock with a person's move, which locks column, then card, then the head.
+        if target is not None:
+            Column.objects.select_for_update(of=("self",), no_key=True).filter(pk=target.pk).get()
+        locked = Card.objects.select_for_update(of=("self",), no_key=True)
+        list(locked.filter(pk__in=[card.pk for card in cards]).order_by("pk").values_list("pk"))
     # The deployment is recorded first, so the moves it makes can name it.
     event = log.record(
         actor=actor,
@@ -999,10 +1050,6 @@ def deployment_record(
     )
     moved: list[Card] = []
     if delivers and cards:
-        if target is not None:
-            # Column before cards, as in card_move: the other order can deadlock with a person
-            # moving one of these cards at the same moment.
-            Column.objects.select_for_update(of=("self",), no_key=True).filter(pk=target.pk).get()
         label = label_get_or_create(
             actor=actor, board_id=board.pk, name=version, kind=LabelKind.RELEASE, colour="#059669"
         )

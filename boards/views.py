@@ -4,19 +4,22 @@ htmx requests get partials from `boards/board.html`; the same URLs without htmx 
 pages (or a redirect after a POST), so every action also works without JavaScript.
 """
 
+from functools import partial
 from urllib.parse import urlencode
 
 from django.contrib import messages
 from django.core.exceptions import ValidationError
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.shortcuts import redirect, render
+from django.template.loader import render_to_string
 from django.urls import reverse
 from django.utils.cache import patch_vary_headers
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
+from activity import live
 from activity.log import Actor
 from boards import queries, services
-from boards.errors import ConflictError, WipLimitError, refusal_message
+from boards.errors import ConflictError, NotFoundError, WipLimitError, refusal_message
 from boards.forms import (
     CardCreateForm,
     CardEditForm,
@@ -63,11 +66,84 @@ def board_list(request: HttpRequest) -> HttpResponse:
 
 @require_GET
 def board_detail(request: HttpRequest, key: str) -> HttpResponse:
-    board = queries.board_get(actor=_actor(request), key=key)
+    board = queries.board_get(actor=_actor(request), key=key, with_last_event=True)
     context = queries.board_view(board=board, actor=_actor(request), filters=_filters(request))
     context["filter_query"] = _filter_query(request)
     template = f"{BOARD}#board" if _wants_fragment(request) else BOARD
     return _render(request, template, context)
+
+
+@require_GET
+def board_columns_view(request: HttpRequest, key: str) -> HttpResponse:
+    """Fresh copies of some columns (`?ids=1,2`; all without it), for live updates."""
+    board = queries.board_get(actor=_actor(request), key=key)
+    ids = _id_list(request.GET.get("ids", ""))
+    if ids is None:
+        return HttpResponse("ids must be column ids separated by commas.", status=400)
+    return _columns_response(request, board=board, column_ids=ids or None)
+
+
+def _id_list(text: str, limit: int = 100) -> list[int] | None:
+    parts = [part for part in text.split(",") if part]
+    if len(parts) > limit or not all(part.isdigit() and len(part) <= 18 for part in parts):
+        return None
+    return [int(part) for part in parts]
+
+
+@require_GET
+async def board_live(request: HttpRequest, key: str) -> HttpResponse:
+    """Server-Sent Events: the board's changes as they commit, and who else is viewing it.
+
+    Starts after `Last-Event-ID` (the browser's own reconnect) or `?last=` (a new connection
+    from a page that has seen events up to there), else from now."""
+    user = await request.auser()
+    board = await live.db(queries.board_get, actor=Actor(user=user), key=key)
+    after = _event_id(request.headers.get("Last-Event-ID")) or _event_id(request.GET.get("last"))
+    if after is None:
+        after = await live.db(live.event_latest, board_id=board.pk)
+    spec = live.StreamSpec(
+        board_id=board.pk,
+        viewer=live.Viewer(user.pk, user.get_username()),
+        after=after,
+        still_allowed=partial(_still_allowed, user, board.key),
+        render_presence=_presence_html,
+    )
+    response = StreamingHttpResponse(live.board_stream(spec), content_type="text/event-stream")
+    response["Cache-Control"] = "no-cache, no-store"
+    response["X-Accel-Buffering"] = "no"  # proxies must pass events on as they come
+    return response
+
+
+@require_GET
+def board_changes(request: HttpRequest, key: str) -> JsonResponse:
+    """The polling fallback when a stream cannot be opened: anything new since event N?"""
+    board = queries.board_get(actor=_actor(request), key=key)
+    after = _event_id(request.GET.get("after"))
+    if after is None:
+        return JsonResponse({"last": live.event_latest(board_id=board.pk), "changes": []})
+    changes = live.events_since(board_id=board.pk, after=after)
+    reload = len(changes) > live.CATCH_UP_LIMIT
+    last = changes[-1]["id"] if changes else after
+    return JsonResponse({"last": last, "changes": [] if reload else changes, "reload": reload})
+
+
+def _event_id(text: str | None) -> int | None:
+    return int(text) if text and text.isdigit() and len(text) <= 18 else None
+
+
+def _still_allowed(user, key: str) -> bool:
+    user.refresh_from_db(fields=["is_active", "is_staff", "is_superuser"])
+    if not user.is_active:
+        return False
+    try:
+        queries.board_get(actor=Actor(user=user), key=key)
+    except NotFoundError:
+        return False
+    return True
+
+
+def _presence_html(viewers: list[live.Viewer]) -> str:
+    return render_to_string(f"{BOARD}#presence", {"viewers": viewers})
 
 
 def _columns_response(

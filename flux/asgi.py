@@ -1,6 +1,34 @@
-import os
+"""The ASGI entry point (uvicorn in production and in `make run`).
 
-from django.core.asgi import get_asgi_application
+Django runs each request inside its own ThreadSensitiveContext, which keeps a thread for
+the request's sync steps until the response ends. That is right for ordinary requests, but a
+live board stream stays open for hours: holding a thread each would cap a process at a few
+hundred viewers. Streams therefore run without that context; their few short sync steps
+(sessions, the permission check) share the process's one sync thread or a pooled one.
+"""
+
+import os
+import re
+
+import django
+from django.core.handlers.asgi import ASGIHandler
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "flux.settings")
-application = get_asgi_application()
+
+LONG_LIVED = re.compile(r"^/b/[A-Za-z][A-Za-z0-9]{1,9}/live/$")
+
+
+class FluxASGIHandler(ASGIHandler):
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and LONG_LIVED.match(scope["path"]):
+            await self.handle(scope, receive, send)
+            return
+        await super().__call__(scope, receive, send)
+
+
+django.setup(set_prefix=False)
+
+from flux.middleware import BodySizeLimitASGI  # noqa: E402  (needs the apps loaded)
+
+# Oversized request bodies get a 413 before Django spools them (flux.middleware).
+application = BodySizeLimitASGI(FluxASGIHandler())

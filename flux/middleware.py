@@ -1,16 +1,196 @@
-"""Turn the services' refusals into clear 4xx pages, so no view has to repeat the mapping."""
+"""Request plumbing: a request id and client id per request, early refusal of oversized
+bodies, the services' refusals as clear 4xx pages, idempotent API retries, login required."""
 
 import hashlib
+import logging
+import re
+import time
+import uuid
 
+from asgiref.sync import iscoroutinefunction, markcoroutinefunction
+from django.conf import settings
 from django.contrib.auth.middleware import LoginRequiredMiddleware as DjangoLoginRequiredMiddleware
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import transaction
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
 
+from activity import log as activity_log
 from boards.errors import FluxError, ForbiddenError, NotFoundError, refusal_message
 from boards.models import IdempotencyKey
 from boards.tokens import token_authenticate
+
+request_logger = logging.getLogger("flux.request")
+
+# What a request id or client id may look like when a caller supplies one: short, printable,
+# nothing a log line or a header could be split with.
+REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+CLIENT_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+def request_id_from(request: HttpRequest) -> str:
+    """The caller's X-Request-ID when it is sane (a proxy's or CI's), else a fresh one."""
+    incoming = request.headers.get("X-Request-ID", "")
+    return incoming if REQUEST_ID.fullmatch(incoming) else uuid.uuid4().hex
+
+
+def client_id_from(request: HttpRequest) -> str:
+    """The browser tab's random id from X-Flux-Client; empty when absent or malformed."""
+    incoming = request.headers.get("X-Flux-Client", "")
+    return incoming if CLIENT_ID.fullmatch(incoming) else ""
+
+
+class RequestContextMiddleware:
+    """Sets `activity.log.request_id` and `client_id` for the length of one request.
+
+    The request id ties the request's log lines (flux.logging adds it to each) to the events
+    it writes, and is echoed in the X-Request-ID response header. One INFO line per request
+    on the `flux.request` logger says what was asked, the answer and how long it took.
+    """
+
+    sync_capable = True
+    async_capable = True
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+        if iscoroutinefunction(get_response):
+            markcoroutinefunction(self)
+
+    def __call__(self, request: HttpRequest):
+        if iscoroutinefunction(self):
+            return self._acall(request)
+        tokens, started = self._enter(request)
+        try:
+            response = self.get_response(request)
+            return self._leave(request, response, started)
+        finally:
+            self._reset(tokens)
+
+    async def _acall(self, request: HttpRequest):
+        tokens, started = self._enter(request)
+        try:
+            response = await self.get_response(request)
+            return self._leave(request, response, started)
+        finally:
+            self._reset(tokens)
+
+    def _enter(self, request: HttpRequest):
+        request.request_id = request_id_from(request)
+        tokens = (
+            activity_log.request_id.set(request.request_id),
+            activity_log.client_id.set(client_id_from(request)),
+        )
+        return tokens, time.perf_counter()
+
+    def _leave(self, request: HttpRequest, response: HttpResponse, started: float):
+        response["X-Request-ID"] = request.request_id
+        user = getattr(request, "user", None)
+        request_logger.info(
+            "%s %s %s",
+            request.method,
+            request.path,
+            response.status_code,
+            extra={
+                "method": request.method,
+                "path": request.path,
+                "status": response.status_code,
+                "duration_ms": round((time.perf_counter() - started) * 1000, 1),
+                "user_id": user.pk if user is not None and user.is_authenticated else None,
+            },
+        )
+        return response
+
+    @staticmethod
+    def _reset(tokens) -> None:
+        activity_log.client_id.reset(tokens[1])
+        activity_log.request_id.reset(tokens[0])
+
+
+def _body_too_large(request_path: str, limit: int) -> HttpResponse:
+    detail = f"The request body is larger than {limit} bytes, the most Flux accepts."
+    if request_path.startswith("/api/"):
+        body = {
+            "type": "https://flux.invalid/problems/too-large",
+            "title": "Request body too large",
+            "status": 413,
+            "detail": detail,
+        }
+        return JsonResponse(body, status=413, content_type="application/problem+json")
+    return HttpResponse(detail, status=413, content_type="text/plain; charset=utf-8")
+
+
+class BodySizeLimitMiddleware:
+    """Refuse a body whose declared length is over DATA_UPLOAD_MAX_MEMORY_SIZE with a 413,
+    before anything reads it (Django itself would answer a bare 400 on first access; the API
+    answers problem+json). Under ASGI, `BodySizeLimitASGI` refuses it even earlier, and also
+    bodies sent without a Content-Length."""
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+        try:
+            declared = int(request.META.get("CONTENT_LENGTH") or 0)
+        except ValueError:
+            declared = 0
+        if limit is not None and declared > limit:
+            return _body_too_large(request.path, limit)
+        return self.get_response(request)
+
+
+class BodySizeLimitASGI:
+    """ASGI wrapper: a body over DATA_UPLOAD_MAX_MEMORY_SIZE gets a 413 before Django spools it.
+
+    A declared Content-Length over the limit is refused without reading a byte; a body that
+    grows past the limit while streaming (chunked) stops being read, Django sees the client
+    gone, and the 413 is sent here.
+    """
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+        if scope["type"] != "http" or limit is None:
+            return await self.app(scope, receive, send)
+        headers = dict(scope.get("headers") or [])
+        try:
+            declared = int(headers.get(b"content-length", b"0") or 0)
+        except ValueError:
+            declared = 0
+        if declared > limit:
+            return await self._refuse(scope, send, limit)
+        received, too_large, started = 0, False, False
+
+        async def limited_receive():
+            nonlocal received, too_large
+            if too_large:
+                return {"type": "http.disconnect"}
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    too_large = True
+                    return {"type": "http.disconnect"}
+            return message
+
+        async def tracking_send(message):
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        await self.app(scope, limited_receive, tracking_send)
+        if too_large and not started:
+            await self._refuse(scope, send, limit)
+
+    @staticmethod
+    async def _refuse(scope, send, limit: int) -> None:
+        response = _body_too_large(scope.get("path", ""), limit)
+        headers = [(b"content-type", response["Content-Type"].encode()), (b"connection", b"close")]
+        await send({"type": "http.response.start", "status": 413, "headers": headers})
+        await send({"type": "http.response.body", "body": response.content})
 
 
 class ServiceErrorMiddleware:

@@ -1,4 +1,4 @@
-"""Project-level endpoints: health."""
+"""Project-level endpoints: liveness (/healthz) and readiness (/readyz)."""
 
 import logging
 import time
@@ -6,6 +6,7 @@ import time
 from django.conf import settings
 from django.contrib.auth.decorators import login_not_required
 from django.db import connection
+from django.db.migrations.executor import MigrationExecutor
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
@@ -54,4 +55,37 @@ def healthz(request: HttpRequest) -> JsonResponse:
     return JsonResponse(
         {"status": status, "database": database, "redis": redis_state},
         status=200 if healthy else 503,
+    )
+
+
+_migrations_seen_applied = False
+
+
+def _migrations() -> None:
+    """Every migration this code knows of is applied (once seen, remembered: a process's
+    code does not change, and the check reads every migration file)."""
+    global _migrations_seen_applied
+    if _migrations_seen_applied:
+        return
+    executor = MigrationExecutor(connection)
+    pending = executor.migration_plan(executor.loader.graph.leaf_nodes())
+    if pending:
+        raise RuntimeError(f"{len(pending)} migration(s) not applied")
+    _migrations_seen_applied = True
+
+
+@login_not_required
+@never_cache
+@require_GET
+def readyz(request: HttpRequest) -> JsonResponse:
+    """200 when this process can serve: database reachable, migrations applied and Redis
+    reachable (when configured); else 503. Each check's result is in the JSON body."""
+    checks = {"database": _probe(_database)}
+    checks["migrations"] = _probe(_migrations) if checks["database"]["ok"] else {"ok": False}
+    if settings.REDIS_URL:
+        checks["redis"] = _probe(_redis)
+    ready = all(check["ok"] for check in checks.values())
+    return JsonResponse(
+        {"status": "ready" if ready else "unavailable", "checks": checks},
+        status=200 if ready else 503,
     )

@@ -4,8 +4,10 @@ Tests run on PostgreSQL (`make test`), and those marked `sqlite` run on the SQLi
 """
 
 import time
+from collections.abc import Iterator
 
 import pytest
+from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import connection
 from django.db.backends.postgresql.operations import DatabaseOperations
@@ -17,6 +19,7 @@ from activity.models import Event, ProjectionCursor
 from activity.rollups import CURSOR, rollups_advance
 from boards import services
 from boards.models import Board, Card, Column, Role
+from tests.servers import AppServer, test_database_url
 
 User = get_user_model()
 
@@ -143,3 +146,29 @@ def rollups_settle() -> None:
             return
         assert time.monotonic() < deadline, "the commit horizon never passed the events"
         time.sleep(0.1)
+
+
+@pytest.fixture(scope="session")
+def servers(django_db_setup, django_db_blocker) -> Iterator[list[AppServer]]:
+    """Two Flux processes sharing the test database and Redis, started once per session."""
+    with django_db_blocker.unblock():
+        url = test_database_url()
+    started: list[AppServer] = []
+    try:
+        for _ in range(2):
+            started.append(AppServer(database_url=url, redis_url=settings.REDIS_URL))
+        yield started
+    finally:
+        for server in started:
+            server.stop()
+
+
+@pytest.fixture(scope="session")
+def app_server(servers: list[AppServer]) -> AppServer:
+    return servers[0]
+
+
+@pytest.fixture(scope="session")
+def other_server(servers: list[AppServer]) -> AppServer:
+    """A second web process: what one process writes must reach viewers of the other."""
+    return servers[1]

@@ -27,6 +27,8 @@ def overdue(due: date | None) -> bool:
 
 @register.filter
 def initials(user) -> str:
-    name = (user.get_full_name() or user.get_username()).strip()
+    """Two letters for an avatar, from a user or a plain name."""
+    name = user if isinstance(user, str) else user.get_full_name() or user.get_username()
+    name = name.strip()
     parts = name.split()
     return (parts[0][0] + parts[-1][0] if len(parts) > 1 else name[:2]).upper()

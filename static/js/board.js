@@ -185,7 +185,12 @@
     const form = event.detail.elt.closest?.("form");
     const ok = event.detail.successful;
     if (ok && form?.closest("#move-dialog")) form.closest("dialog").close();
-    if (ok && form?.classList.contains("add-card")) form.reset();
+    if (ok && form?.classList.contains("add-card")) {
+      // The title field is preserved across column swaps (hx-preserve), so clear it by id.
+      const input = document.getElementById(`add-${form.closest(".column")?.dataset.column}`);
+      if (input) input.value = "";
+      form.reset();
+    }
   });
 
   document.addEventListener("htmx:responseError", (event) => {

@@ -180,3 +180,44 @@ def test_under_asgi_the_export_is_sent_block_by_block(deployed, bob):
     assert response.is_async
     rows = list(csv.DictReader(io.StringIO(b"".join(blocks).decode())))
     assert [r["card_ref"] for r in rows] == ["PAY-1", "PAY-2", ""]
+
+
+@pytest.mark.parametrize("block_bytes", [1, 7, 256 * 1024])
+def test_postgresql_copy_writes_the_same_bytes_as_the_python_writer(
+    deployed, bob, monkeypatch, block_bytes
+):
+    """COPY formats in SQL what cell() formats in Python: the two must agree byte for byte,
+    including cells with quotes, line breaks, formula starts, half seconds and microseconds,
+    whatever the size of the blocks the rows are cut into."""
+    from django.db import connection
+
+    from activity import export
+
+    if connection.vendor != "postgresql":
+        pytest.skip("COPY is PostgreSQL's")
+    card = make_card(deployed, title='\tTabbed\r\nand\n"quoted"\n', column_name="Staging")
+    other = make_card(deployed, title="+plain, with comma", column_name="Staging")
+    services.deployment_record(
+        actor=Actor(user=bob, source="api", name="=ci"), board_id=deployed.pk, version="@v3",
+        environment="staging", status="success", card_numbers=[card.number, other.number],
+        commits=[services.Commit(sha="-abc", timestamp=timezone.now()),
+                 services.Commit(sha="def", timestamp=None)],
+        finished_at=datetime.datetime(2026, 1, 2, 3, 4, 5, tzinfo=datetime.UTC),
+    )  # fmt: skip
+    rollups_settle()
+    half = DeploymentCard.objects.filter(card=card).first()
+    DeploymentCard.objects.filter(pk=half.pk).update(lead_time=2.5, cycle_time=3.5)
+    monkeypatch.setattr(export, "COPY_BLOCK_BYTES", block_bytes)
+    for scope in [
+        ExportFilter(board_ids=frozenset([deployed.pk])),
+        ExportFilter(board_ids=frozenset([deployed.pk]), release="@v3"),
+        ExportFilter(board_ids=frozenset()),
+        ExportFilter(
+            board_ids=frozenset([deployed.pk]),
+            since=datetime.datetime(2026, 1, 2, tzinfo=datetime.UTC),
+            until=datetime.datetime(2026, 1, 3, tzinfo=datetime.UTC),
+        ),
+    ]:
+        expected = "".join(csv_lines(deployment_rows(scope=scope).iterator())).encode()
+        assert b"".join(export.copy_blocks(scope=scope)) == expected
+    assert b'Tabbed\r\nand\n""quoted""' in expected  # line breaks inside a cell stay as they are

@@ -164,8 +164,11 @@ def test_concurrent_inserts_into_one_gap_all_land_in_strict_order(board, bob):
     assert_strict_order(board)
 
 
-def test_moves_into_different_columns_of_one_board_do_not_wait_for_each_other(board, bob):
-    """A move locks its target column and card, not the board."""
+def test_moves_into_different_columns_of_one_board_wait_only_for_the_log(board, bob):
+    """A move locks its target column and card, not the board: while another move on the
+    board is still open, a second one reads and locks what it needs without waiting, and
+    waits only to append its event after the first one's (the board's hash chain, issue 7),
+    which it does as soon as the first commits."""
     first = make_card(board, title="first")
     second = make_card(board, title="second")
     holding, release = threading.Event(), threading.Event()
@@ -182,20 +185,85 @@ def test_moves_into_different_columns_of_one_board_do_not_wait_for_each_other(bo
             holding.set()
             assert release.wait(20)
 
-    thread = threading.Thread(target=slow_move)
-    thread.start()
-    try:
-        assert holding.wait(20)
-        with transaction.atomic():
-            with connection.cursor() as cursor:
-                cursor.execute("SET LOCAL lock_timeout = '2s'")
-            moved = services.card_move(
+    moved: list = []
+
+    @in_thread
+    def second_move():
+        moved.append(
+            services.card_move(
                 actor=as_actor(bob),
                 card_id=second.pk,
                 to_column_id=column(board, "In Review").pk,
                 expected_version=second.version,
             )
-        assert moved.column.name == "In Review"
+        )
+
+    threads = [threading.Thread(target=slow_move), threading.Thread(target=second_move)]
+    threads[0].start()
+    try:
+        assert holding.wait(20)
+        threads[1].start()
+        # The second move gets as far as appending its event, and waits there, on the head.
+        waiting = ""
+        for _ in range(100):
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    "SELECT query FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                    " AND datname = current_database()"
+                )
+                rows = cursor.fetchall()
+            if rows:
+                waiting = rows[0][0]
+                break
+            threads[1].join(0.05)
+        assert "activity_chainhead" in waiting
+        assert not moved
+        release.set()
+        threads[1].join(10)
+        assert moved and moved[0].column.name == "In Review"
     finally:
         release.set()
-        thread.join()
+        for thread in threads:
+            thread.join()
+
+
+def test_a_deployment_and_people_moving_its_cards_at_once_never_deadlock(board, alice, bob):
+    """A deployment locks every row it will move before its first event, in the same order as
+    a person's move (column, card, then the board's log), so the two cannot wait on each other
+    in a circle, whichever starts first."""
+    cards = [make_card(board, title=f"release card {n}") for n in range(6)]
+    review = column(board, "In Review").pk
+    errors: list[BaseException] = []
+
+    @in_thread
+    def deploy(round_number):
+        try:
+            services.deployment_record(
+                actor=as_actor(alice),
+                board_id=board.pk,
+                version=f"v{round_number}",
+                environment="production",
+                status="success",
+                card_numbers=[card.number for card in cards],
+            )
+        except BaseException as error:
+            errors.append(error)
+
+    @in_thread
+    def shuffle(card):
+        try:
+            for _ in range(3):
+                services.card_move(
+                    actor=as_actor(bob), card_id=card.pk, to_column_id=review, expected_version=None
+                )
+        except BaseException as error:
+            errors.append(error)
+
+    for round_number in range(3):
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            futures = [pool.submit(deploy, round_number)]
+            futures += [pool.submit(shuffle, card) for card in reversed(cards)]
+            for future in futures:
+                future.result(timeout=60)
+    assert errors == []
+    assert Event.objects.filter(kind="deployment.recorded").count() == 3

@@ -1,14 +1,13 @@
-"""Real Chromium against pytest-django's live server: one browser for these tests, one context each.
+"""Real Chromium against Flux served by uvicorn: one browser for these tests, one context each.
 
 Each page records what the browser complains about (console errors, uncaught exceptions,
 Content Security Policy violations) so a test can assert the pages it visited were clean. When
 a test fails, a full-page screenshot lands in `test-artifacts/<test name>.png`.
 
-The live server runs with DEBUG=0 and the manifest static storage: run `manage.py
-collectstatic` first (`make test` does).
+The servers run with DEBUG=0 and the manifest static storage: run `manage.py collectstatic`
+first (`make test` does). They need PostgreSQL and Redis, so these tests do too.
 """
 
-import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -16,14 +15,14 @@ from pathlib import Path
 
 import pytest
 from playwright.sync_api import Browser, ConsoleMessage, Page, expect, sync_playwright
-from pytest_django.live_server_helper import LiveServer
 
 from activity.log import Actor
 from boards import services
 from boards.models import Role
 from tests.conftest import make_card, make_user
 
-ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
+ROOT = Path(__file__).resolve().parents[2]
+ARTIFACTS = ROOT / "test-artifacts"
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
     "--no-sandbox",
@@ -91,24 +90,9 @@ class BrowserLog:
         return console + page + [f"CSP: {violation}" for violation in self.csp_violations]
 
 
-@pytest.fixture(scope="session")
-def live_server(request: pytest.FixtureRequest) -> Iterator[LiveServer]:
-    """pytest-django's live server, with static files served by WhiteNoise as in production.
-
-    Its default static handler looks files up in the source folders by their plain names,
-    but with DEBUG=0 the pages ask for the manifest's hashed names, which only STATIC_ROOT
-    (filled by collectstatic) has; WhiteNoise, in the project's middleware, serves those.
-    """
-    addr = (
-        request.config.getvalue("liveserver")
-        or os.getenv("DJANGO_LIVE_TEST_SERVER_ADDRESS")
-        or "localhost"
-    )
-    server = LiveServer(addr, start=False)
-    server.thread.static_handler = lambda app: app  # every request goes through the middleware
-    server.start()
-    yield server
-    server.stop()
+@pytest.fixture(autouse=True)
+def _committed_data(transactional_db) -> None:
+    """The server processes see only committed rows, so these tests really commit."""
 
 
 @pytest.fixture(scope="package", autouse=True)
@@ -147,9 +131,9 @@ def browser_log() -> BrowserLog:
 
 
 @pytest.fixture
-def page(request, browser: Browser, live_server, browser_log: BrowserLog) -> Iterator[Page]:
+def page(request, browser: Browser, app_server, browser_log: BrowserLog) -> Iterator[Page]:
     """A fresh browser context on the live server; screenshotted if the test fails."""
-    context = browser.new_context(base_url=live_server.url)
+    context = browser.new_context(base_url=app_server.url)
     context.set_default_timeout(10_000)
     context.expose_function("fluxReportCspViolation", browser_log.on_csp_violation)
     context.add_init_script(REPORT_CSP_VIOLATIONS)
@@ -162,6 +146,32 @@ def page(request, browser: Browser, live_server, browser_log: BrowserLog) -> Ite
         ARTIFACTS.mkdir(exist_ok=True)
         page.screenshot(path=ARTIFACTS / f"{request.node.name}.png", full_page=True)
     context.close()
+
+
+@pytest.fixture
+def open_page(request, browser: Browser, browser_log: BrowserLog) -> Iterator:
+    """More browser contexts, each on a server of its own choosing, watched like `page`."""
+    contexts = []
+
+    def opener(server) -> Page:
+        context = browser.new_context(base_url=server.url)
+        context.set_default_timeout(10_000)
+        context.expose_function("fluxReportCspViolation", browser_log.on_csp_violation)
+        context.add_init_script(REPORT_CSP_VIOLATIONS)
+        contexts.append(context)
+        extra = context.new_page()
+        extra.on("console", browser_log.on_console)
+        extra.on("pageerror", browser_log.on_page_error)
+        return extra
+
+    yield opener
+    reports = request.node.stash.get(phase_report, {})
+    for number, context in enumerate(contexts):
+        if any(report.failed for report in reports.values()):
+            ARTIFACTS.mkdir(exist_ok=True)
+            shot = ARTIFACTS / f"{request.node.name}-{number}.png"
+            context.pages[0].screenshot(path=shot, full_page=True)
+        context.close()
 
 
 @pytest.fixture

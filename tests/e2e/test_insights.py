@@ -77,12 +77,12 @@ def charts_drawn(page: Page) -> dict:
 
 
 def test_the_insights_page_draws_its_charts_under_the_csp(
-    page: Page, live_server, shipped, browser_log
+    page: Page, app_server, shipped, browser_log
 ):
     log_in(page, "bob")
     page.goto("/b/PAY/")
     page.get_by_role("link", name="Insights", exact=True).click()
-    expect(page).to_have_url(live_server.url + "/b/PAY/insights/")
+    expect(page).to_have_url(app_server.url + "/b/PAY/insights/")
     expect(page.get_by_role("heading", name="Payments insights")).to_be_visible()
 
     page.wait_for_function(
@@ -116,11 +116,11 @@ def test_the_insights_page_draws_its_charts_under_the_csp(
 
 
 def test_the_services_page_shows_the_service_and_follows_a_release(
-    page: Page, live_server, shipped, browser_log
+    page: Page, app_server, shipped, browser_log
 ):
     log_in(page, "bob")
     page.get_by_role("link", name="Services").click()
-    expect(page).to_have_url(live_server.url + "/services/")
+    expect(page).to_have_url(app_server.url + "/services/")
     row = page.locator("#service-PAY")
     expect(row).to_contain_text("Payments")
     expect(row.locator(".sparkline polyline")).to_have_count(1)

@@ -14,14 +14,14 @@ PIPELINE = ["To Do", "In Progress", "In Review", "Staging", "Deployed"]
 
 
 def test_a_member_logs_in_opens_the_board_and_sees_the_pipeline_and_the_card(
-    page: Page, live_server, payments, browser_log
+    page: Page, app_server, payments, browser_log
 ):
     log_in(page, "bob")
-    expect(page).to_have_url(live_server.url + "/")
+    expect(page).to_have_url(app_server.url + "/")
     expect(page.get_by_role("heading", name="Your boards")).to_be_visible()
 
     page.get_by_role("link", name=re.compile("Payments")).click()
-    expect(page).to_have_url(live_server.url + "/b/PAY/")
+    expect(page).to_have_url(app_server.url + "/b/PAY/")
     columns = page.locator("section.column h2")
     expect(columns).to_have_text(PIPELINE)
     todo = page.locator("section.column", has=page.get_by_role("heading", name="To Do"))
@@ -32,7 +32,7 @@ def test_a_member_logs_in_opens_the_board_and_sees_the_pipeline_and_the_card(
 
 
 def test_a_non_member_who_opens_the_board_sees_the_404_page(
-    page: Page, live_server, payments, browser_log
+    page: Page, app_server, payments, browser_log
 ):
     make_user("mallory")
     log_in(page, "mallory")

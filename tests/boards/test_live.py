@@ -1,0 +1,362 @@
+"""Live boards: Server-Sent Events from real uvicorn processes, fed through Redis.
+
+The streams are read with a plain HTTP client, as a browser's EventSource reads them; the
+changes are made through the services in this process (a third process, as a Celery worker or
+the admin would be) or over HTTP to the other server.
+"""
+
+import asyncio
+import http.client
+import json
+import re
+import threading
+import time
+from dataclasses import dataclass
+
+import pytest
+import redis
+from django.conf import settings
+from django.db import transaction
+from django.test import Client
+
+from activity import live
+from activity.log import Actor
+from activity.models import Event
+from boards import services
+from boards.models import Role
+from tests.conftest import as_actor, column, make_card
+
+pytestmark = pytest.mark.usefixtures("transactional_db")
+
+
+@dataclass
+class Message:
+    event: str
+    data: str
+    id: int | None
+
+    @property
+    def json(self) -> dict:
+        return json.loads(self.data)
+
+
+class Stream:
+    """One EventSource-like connection to a board's live stream."""
+
+    def __init__(self, server, path: str, *, session: str, headers: dict | None = None):
+        self.connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=5)
+        self.connection.request(
+            "GET",
+            path,
+            headers={"Cookie": f"sessionid={session}", "Accept": "text/event-stream"}
+            | (headers or {}),
+        )
+        self.response = self.connection.getresponse()
+        self.status = self.response.status
+        self.timed_out = False  # a socket file cannot be read again after a timeout
+
+    def next(self, timeout: float = 5.0) -> Message | None:
+        """The next event (comments skipped), or None when none comes within the timeout."""
+        if self.timed_out or self.connection.sock is None:
+            return None
+        self.connection.sock.settimeout(timeout)
+        fields: dict[str, list[str]] = {}
+        try:
+            while True:
+                line = self.response.readline().decode()
+                if not line:
+                    return None  # the server ended the stream
+                line = line.rstrip("\n")
+                if not line:
+                    if "event" in fields or "data" in fields:
+                        ids = fields.get("id")
+                        return Message(
+                            event=fields.get("event", ["message"])[-1],
+                            data="\n".join(fields.get("data", [])),
+                            id=int(ids[-1]) if ids else None,
+                        )
+                    fields = {}
+                    continue
+                if line.startswith(":"):
+                    continue
+                name, _, value = line.partition(": ")
+                fields.setdefault(name, []).append(value)
+        except TimeoutError:
+            self.timed_out = True
+            return None
+
+    def changes(self, count: int, timeout: float = 5.0) -> list[Message]:
+        found: list[Message] = []
+        deadline = time.monotonic() + timeout
+        while len(found) < count and time.monotonic() < deadline:
+            message = self.next(timeout=max(0.05, deadline - time.monotonic()))
+            if message is not None and message.event == "change":
+                found.append(message)
+        return found
+
+    def close(self) -> None:
+        self.connection.close()
+
+
+def session_of(user) -> str:
+    client = Client()
+    client.force_login(user)
+    return client.cookies[settings.SESSION_COOKIE_NAME].value
+
+
+@pytest.fixture
+def open_stream():
+    streams: list[Stream] = []
+
+    def opener(server, user, key="PAY", **kwargs) -> Stream:
+        stream = Stream(server, f"/b/{key}/live/", session=session_of(user), **kwargs)
+        streams.append(stream)
+        return stream
+
+    yield opener
+    for stream in streams:
+        stream.close()
+
+
+def latest_event_id(board) -> int:
+    return Event.objects.filter(board=board).order_by("-id").values_list("id", flat=True)[0]
+
+
+def test_a_non_member_cannot_open_the_stream_and_a_stranger_is_sent_to_log_in(
+    app_server, board, mallory, open_stream
+):
+    assert open_stream(app_server, mallory).status == 404
+    anonymous = http.client.HTTPConnection("127.0.0.1", app_server.port, timeout=5)
+    anonymous.request("GET", "/b/PAY/live/")
+    response = anonymous.getresponse()
+    assert response.status == 302
+    assert "/accounts/login/" in response.getheader("Location")
+
+
+def test_a_change_made_elsewhere_reaches_every_open_stream_within_a_second(
+    app_server, other_server, board, alice, bob, open_stream
+):
+    card = make_card(board, title="Ship the retry")
+    streams = [open_stream(app_server, alice), open_stream(other_server, bob)]
+    for stream in streams:
+        assert stream.status == 200
+        assert stream.response.getheader("Content-Type").startswith("text/event-stream")
+    time.sleep(0.3)  # both processes have subscribed
+
+    started = time.monotonic()
+    services.card_move(
+        actor=as_actor(bob),
+        card_id=card.pk,
+        to_column_id=column(board, "In Progress").pk,
+        expected_version=None,
+    )
+    moved = latest_event_id(board)
+    for stream in streams:
+        [message] = stream.changes(1, timeout=2)
+        assert time.monotonic() - started < 1.0
+        assert message.id == moved
+        change = message.json
+        assert change["kind"] == "card.moved"
+        assert change["card"] == card.pk
+        assert change["actor"] == "bob"
+        assert change["text"] == f"bob moved {card.ref} from To Do to In Progress"
+        assert sorted(change["columns"]) == sorted(
+            [column(board, "To Do").pk, column(board, "In Progress").pk]
+        )
+
+
+def test_reconnecting_with_last_event_id_replays_exactly_the_missed_events(
+    app_server, board, alice, bob, open_stream
+):
+    card = make_card(board, title="Seen before the drop")
+    seen = latest_event_id(board)
+    # While the viewer is away: three changes.
+    services.card_move(
+        actor=as_actor(bob),
+        card_id=card.pk,
+        to_column_id=column(board, "In Review").pk,
+        expected_version=None,
+    )
+    services.comment_add(actor=as_actor(bob), card_id=card.pk, body="looks good")
+    other = make_card(board, title="Made while away")
+    missed = list(
+        Event.objects.filter(board=board, id__gt=seen).order_by("id").values_list("id", "kind")
+    )
+    assert len(missed) == 3
+
+    for headers, path_suffix in (({"Last-Event-ID": str(seen)}, ""), ({}, f"?last={seen}")):
+        stream = Stream(
+            app_server, f"/b/PAY/live/{path_suffix}", session=session_of(alice), headers=headers
+        )
+        replayed = stream.changes(3, timeout=3)
+        assert [(m.id, m.json["kind"]) for m in replayed] == missed
+        assert replayed[-1].json["card"] == other.pk
+        # ... and nothing else: the next thing on the stream is not a change.
+        extra = stream.next(timeout=0.5)
+        assert extra is None or extra.event != "change"
+        stream.close()
+
+
+def test_a_stream_without_a_position_starts_from_now(app_server, board, alice, open_stream):
+    make_card(board, title="Old news")
+    stream = open_stream(app_server, alice)
+    assert stream.changes(1, timeout=0.7) == []
+
+
+def test_events_are_published_after_commit_once_per_transaction_and_never_on_rollback(
+    board, alice, bob
+):
+    subscriber = redis.Redis.from_url(settings.REDIS_URL).pubsub(ignore_subscribe_messages=True)
+    subscriber.subscribe(live.channel())
+    while subscriber.get_message(timeout=0.2):
+        pass
+    cards = [make_card(board, title=f"Card {n}") for n in range(3)]
+    while subscriber.get_message(timeout=0.3):
+        pass
+
+    class Abandon(Exception):
+        pass
+
+    def move_then_abandon():
+        with transaction.atomic():
+            services.card_move(
+                actor=as_actor(bob),
+                card_id=cards[0].pk,
+                to_column_id=column(board, "Staging").pk,
+                expected_version=None,
+            )
+            assert subscriber.get_message(timeout=0.3) is None  # not before the commit
+            raise Abandon
+
+    with pytest.raises(Abandon):
+        move_then_abandon()
+    assert subscriber.get_message(timeout=0.5) is None  # nor after the rollback
+
+    before = latest_event_id(board)
+    services.deployment_record(
+        actor=Actor(user=alice),
+        board_id=board.pk,
+        version="v1.0",
+        environment="production",
+        status="success",
+        card_numbers=[card.number for card in cards],
+    )
+    written = list(
+        Event.objects.filter(board=board, id__gt=before).order_by("id").values_list("id", flat=True)
+    )
+    assert len(written) > 3  # the deployment, its label, and a move and a label per card
+    message = subscriber.get_message(timeout=2)
+    assert message is not None
+    assert [change["id"] for change in json.loads(message["data"])] == written
+    assert subscriber.get_message(timeout=0.5) is None  # one PUBLISH for the whole transaction
+    subscriber.close()
+
+
+def test_a_member_removed_from_the_board_stops_receiving(
+    app_server, board, alice, bob, open_stream
+):
+    stream = open_stream(app_server, bob)
+    assert stream.status == 200
+    time.sleep(0.3)
+    services.membership_remove(actor=as_actor(alice), board_id=board.pk, user_id=bob.pk)
+    events = []
+    while (message := stream.next(timeout=3)) is not None:
+        events.append(message.event)
+    assert events[-1] == "revoked"
+    make_card(board, title="Secret after removal")
+    assert stream.next(timeout=0.5) is None  # the server ended the stream
+
+
+def test_the_polling_fallback_answers_what_is_new_since_an_event(board, alice, bob, client):
+    seen = make_card(board) and latest_event_id(board)
+    card = make_card(board, title="Polled")
+    client.force_login(bob)
+    body = client.get(f"/b/PAY/live/changes?after={seen}").json()
+    assert [change["card"] for change in body["changes"]] == [card.pk]
+    assert body["last"] == latest_event_id(board)
+    assert client.get(f"/b/PAY/live/changes?after={body['last']}").json()["changes"] == []
+    client.force_login(board.memberships.get(role=Role.ADMIN).user)
+    assert client.get("/b/PAY/live/changes?after=x").json()["changes"] == []
+
+
+def test_the_polling_fallback_is_for_members_only(board, mallory, client):
+    client.force_login(mallory)
+    assert client.get("/b/PAY/live/changes?after=0").status_code == 404
+    assert client.get("/b/PAY/columns/").status_code == 404
+
+
+def test_viewers_see_who_else_is_viewing(app_server, other_server, board, alice, bob, open_stream):
+    watching = open_stream(app_server, alice)
+    assert watching.status == 200
+    open_stream(other_server, bob)
+    deadline = time.monotonic() + 3
+    names = set()
+    while time.monotonic() < deadline and names != {"alice", "bob"}:
+        message = watching.next(timeout=1)
+        if message and message.event == "presence":
+            names = set(re.findall(r'title="(\w+) is viewing', message.data))
+    assert names == {"alice", "bob"}
+
+
+def _thread_count(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as status:
+        return int(next(line for line in status if line.startswith("Threads:")).split()[1])
+
+
+def test_one_process_holds_hundreds_of_idle_streams_without_a_thread_each(
+    app_server, board, alice, bob
+):
+    """Each stream is a coroutine and a queue: threads stay flat, and a change reaches all."""
+    streams = 200
+    session = session_of(alice)
+    threads_before = _thread_count(app_server.process.pid)
+    request = (
+        f"GET /b/PAY/live/ HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n"
+        f"Cookie: sessionid={session}\r\n\r\n"
+    ).encode()
+    card = make_card(board, title="Fan out")
+    received: list[int] = []
+    opened = threading.Event()
+    go = threading.Event()
+
+    async def viewer(reader_writers):
+        reader, writer = await asyncio.open_connection("127.0.0.1", app_server.port)
+        writer.write(request)
+        await writer.drain()
+        await reader.readuntil(b"retry: 2000\n\n")
+        reader_writers.append(writer)
+        return reader
+
+    async def wait_for_change(reader):
+        while True:
+            line = await reader.readline()
+            if line.startswith(b"event: change"):
+                received.append(1)
+                return
+
+    async def run():
+        writers: list = []
+        readers = []
+        for batch in range(0, streams, 50):
+            readers += await asyncio.gather(*(viewer(writers) for _ in range(batch, batch + 50)))
+        opened.set()
+        await asyncio.get_running_loop().run_in_executor(None, go.wait)
+        await asyncio.wait_for(asyncio.gather(*(wait_for_change(r) for r in readers)), 10)
+        for writer in writers:
+            writer.close()
+
+    thread = threading.Thread(target=lambda: asyncio.run(run()))
+    thread.start()
+    assert opened.wait(60), "the streams did not open"
+    time.sleep(0.5)
+    threads_during = _thread_count(app_server.process.pid)
+    services.card_move(
+        actor=as_actor(bob),
+        card_id=card.pk,
+        to_column_id=column(board, "In Progress").pk,
+        expected_version=None,
+    )
+    go.set()
+    thread.join(30)
+    assert len(received) == streams
+    assert threads_during - threads_before < 20, (threads_before, threads_during)
