@@ -25,15 +25,16 @@ def free_port() -> int:
 class Server:
     """uvicorn flux.asgi:application with production settings and several workers."""
 
-    def __init__(self, workers: int = WORKERS):
+    def __init__(self, workers: int = WORKERS, log_path: Path | None = None):
         self.port = free_port()
         self.workers = workers
         self.process: subprocess.Popen | None = None
+        self.log_path = log_path or ROOT / "var/bench-server.log"
 
     def __enter__(self) -> "Server":
         env = {**os.environ, **PRODUCTION}
-        (ROOT / "var").mkdir(exist_ok=True)
-        log = open(ROOT / "var/bench-server.log", "w")
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_path, "w")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "uvicorn", "flux.asgi:application", "--host", "127.0.0.1",
              "--port", str(self.port), "--workers", str(self.workers), "--no-access-log",
@@ -49,7 +50,7 @@ class Server:
             except OSError:
                 pass
             time.sleep(0.2)
-        raise RuntimeError("the bench server did not start; see var/bench-server.log")
+        raise RuntimeError(f"the bench server did not start; see {self.log_path}")
 
     def __exit__(self, *exc) -> None:
         if self.process is not None:
@@ -129,7 +130,9 @@ class Client:
         if status != 302 or "sessionid" not in self.cookies:
             raise RuntimeError(f"login of {username} failed ({status})")
 
-    def htmx_post(self, path: str, values: dict, *, current: str) -> tuple[int, dict, bytes]:
+    def htmx_post(
+        self, path: str, values: dict, *, current: str, headers: dict | None = None
+    ) -> tuple[int, dict, bytes]:
         """A POST as htmx.ajax sends it from the board (board.js): form-encoded values,
         HX-Request, the page's URL, and the CSRF token from the body's hx-headers."""
         return self.request("POST", path, body=urlencode(values).encode(), headers={
@@ -137,4 +140,5 @@ class Client:
             "HX-Request": "true",
             "HX-Current-URL": f"http://127.0.0.1:{self.port}{current}",
             "X-CSRFToken": self.cookies["csrftoken"],
+            **(headers or {}),
         })  # fmt: skip

@@ -15,7 +15,8 @@ from typing import Any
 
 from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
+from django.db.models import OuterRef, Subquery
 
 from activity import clock, log
 from activity.log import Actor
@@ -546,7 +547,9 @@ def card_update(
 def card_move(
     *,
     actor: Actor,
-    card_id: int,
+    card_id: int | None = None,
+    board_key: str | None = None,
+    number: int | None = None,
     to_column_id: int,
     expected_version: int | None,
     after_id: int | None = None,
@@ -556,6 +559,7 @@ def card_move(
 ) -> Card:
     """Move a card after `after_id` (or before `before_id`, or to the top) of `to_column_id`.
 
+    The card is given by id, or by its board's key and its number (as in its ref).
     `deployment_id` names the recorded deployment that made the move (its event id), so a
     move into Deployed is not counted as a manual deployment of its own.
 
@@ -563,30 +567,55 @@ def card_move(
     event; ConflictError if the caller's version is stale (None: take the card as it is now),
     WipLimitError if a blocking column is full. Moving a card to where it already is, or with
     `stay_if_in_column` to the column it is already in, changes nothing and writes no event.
+    Reads and locks in two statements (the target column with its board and the actor's role,
+    then the card with its neighbours' ranks and both columns' counts), so a move costs five
+    statements in all. The moved card carries `moved_from` (its old column, with `count`)
+    and its column a `count`, both after the move.
     """
     to_column_id = _clean_id(to_column_id, field="to_column")
     after_id = _clean_id(after_id, field="after", required=False)
     before_id = _clean_id(before_id, field="before", required=False)
     # Lock the target column first, then the card: a rebalance holds its column and then
     # rewrites that column's cards, so this order cannot deadlock with it.
-    to_column = (
-        Column.objects.select_for_update(of=("self",), no_key=True).filter(pk=to_column_id).first()
+    to_column = _column_locked_with_board(actor=actor, column_id=to_column_id)
+    card = _card_locked_for_move(
+        card_id=card_id,
+        board_key=board_key,
+        number=number,
+        to_column=to_column,
+        after_id=after_id,
+        before_id=before_id,
     )
-    card = _card_locked(card_id)
-    role_require(actor=actor, board=card.board, at_least=Role.EDITOR)
-    if to_column is None or to_column.board_id != card.board_id:
-        raise ValidationError({"to_column": f"{card.board.key} has no such column."})
+    board = to_column.board if to_column is not None else None
+    if board is None or card.board_id != board.pk:
+        # Not this board's column: say so to members only (others learn nothing of the card).
+        card_board = Board.objects.get(pk=card.board_id)
+        role_require(actor=actor, board=card_board, at_least=Role.EDITOR)
+        raise ValidationError({"to_column": f"{card_board.key} has no such column."})
+    board.role = role_require(
+        actor=actor, board=board, at_least=Role.EDITOR, membership_role=board.membership_role
+    )
+    card.board = board
+    card.column = card.from_column if card.column_id != to_column.pk else to_column
+    # Where the card is and how full the columns are, for callers that show it (a move
+    # that changes nothing returns here too). The counts were taken without the card.
+    card.moved_from = card.column
+    to_column.count = card.to_count + (1 if card.column_id == to_column.pk else 0)
     _version_check(card=card, expected_version=expected_version)
     if card.archived:
         raise ValidationError({"card": f"{card.ref} is archived; restore it first."})
     no_place_asked = after_id is None and before_id is None
     if stay_if_in_column and no_place_asked and to_column.pk == card.column_id:
         return card
-    if to_column.pk != card.column_id:
-        _wip_check(column=to_column)
-    lower, upper = _neighbour_ranks(
-        column=to_column, moving=card, after_id=after_id, before_id=before_id
-    )
+    changed_column = card.column_id != to_column.pk
+    blocks = to_column.wip_blocks and to_column.wip_limit is not None
+    if changed_column and blocks and card.to_count >= to_column.wip_limit:
+        raise WipLimitError(column=to_column)
+    if after_id is not None and card.asked_rank is None:
+        raise ValidationError({"after": "That neighbour is not an open card of the column."})
+    if before_id is not None and card.asked_rank is None:
+        raise ValidationError({"before": "That neighbour is not an open card of the column."})
+    lower, upper = card.lower_rank, card.upper_rank
     if (
         card.column_id == to_column.pk
         and (lower is None or lower < card.rank)
@@ -594,12 +623,14 @@ def card_move(
     ):
         return card
     before = card_place(card)
-    changed_column = card.column_id != to_column.pk
+    card.moved_from = card.column
     card.column = to_column
     card.rank = rank_between(before=lower, after=upper)
     rebalanced = _rebalance_if_crowded(card=card)
+    to_column.count = card.to_count + 1
     if changed_column:
         card.entered_column_at = clock.now()
+        card.moved_from.count = card.from_count
     _bump(card, "column", "rank", *(["entered_column_at"] if changed_column else []))
     payload: dict[str, Any] = {
         "ref": card.ref,
@@ -614,6 +645,93 @@ def card_move(
     if deployment_id is not None:
         payload["deployment_id"] = deployment_id
     log.record(actor=actor, board=card.board, card=card, kind="card.moved", payload=payload)
+    return card
+
+
+def _column_locked_with_board(*, actor: Actor, column_id: int) -> Column | None:
+    """The column, locked (alone: its board never changes), with its board and the actor's
+    membership role on it (`board.membership_role`), in one statement; None if it is gone."""
+    columns = Column.objects.select_for_update(of=("self",), no_key=True).select_related("board")
+    user = actor.user
+    if user is not None and user.is_authenticated:
+        mine = Membership.objects.filter(board=OuterRef("board_id"), user=user).values("role")[:1]
+        columns = columns.annotate(membership_role=Subquery(mine))
+    column = columns.filter(pk=column_id).first()
+    if column is not None:
+        column.board.membership_role = getattr(column, "membership_role", None)
+    return column
+
+
+def _card_locked_for_move(
+    *,
+    card_id: int | None,
+    board_key: str | None,
+    number: int | None,
+    to_column: Column | None,
+    after_id: int | None,
+    before_id: int | None,
+) -> Card:
+    """The card, locked alone (a join would be re-checked against stale rows when the card
+    moved meanwhile), read with what a move needs from elsewhere as scalar subqueries: its
+    column, the target column's ranks around the place asked for, and both columns' open
+    counts without the card. Hand-written SQL: this is the hot path of every drag, and
+    building the same query through the ORM costs more than running it."""
+    if card_id is not None:
+        where, params = "c.id = %s", [_clean_id(card_id, field="card")]
+    else:
+        if isinstance(number, bool) or not isinstance(number, int) or not 0 < number <= MAX_ID:
+            raise NotFoundError("Card not found.")
+        if to_column is None or to_column.board.key != str(board_key).upper():
+            # Not a column of the card's board: the caller refuses the move (to members only).
+            card = Card.objects.filter(board__key=str(board_key).upper(), number=number).first()
+            if card is None:
+                raise NotFoundError("Card not found.")
+            return card
+        where, params = "c.board_id = %s AND c.number = %s", [to_column.board_id, number]
+    target = to_column.pk if to_column is not None else 0
+    others = "FROM boards_card o WHERE o.column_id = %s AND NOT o.archived AND o.id <> c.id"
+    named = f"(SELECT o.rank {others} AND o.id = %s)"
+    if after_id is not None:
+        lower, lower_params = named, [target, after_id]
+        upper = f"(SELECT o.rank {others} AND o.rank > {named} ORDER BY o.rank LIMIT 1)"
+        upper_params, asked = [target, target, after_id], "lower_rank"
+    elif before_id is not None:
+        upper, upper_params = named, [target, before_id]
+        lower = f"(SELECT o.rank {others} AND o.rank < {named} ORDER BY o.rank DESC LIMIT 1)"
+        lower_params, asked = [target, target, before_id], "upper_rank"
+    else:
+        lower, lower_params, asked = "NULL", [], ""
+        upper = f"(SELECT o.rank {others} ORDER BY o.rank LIMIT 1)"
+        upper_params = [target]
+    source = ", ".join(
+        f"(SELECT s.{field} FROM boards_column s WHERE s.id = c.column_id) AS from_{field}"
+        for field in ("name", "stage", "position", "wip_limit", "wip_blocks")
+    )
+    count = (
+        "(SELECT count(*) FROM boards_card o"
+        " WHERE o.column_id = {} AND NOT o.archived AND o.id <> c.id)"
+    )
+    lock = " FOR NO KEY UPDATE OF c" if connection.features.has_select_for_update else ""
+    sql = (
+        f"SELECT c.*, {lower} AS lower_rank, {upper} AS upper_rank, {source},"
+        f" {count.format('c.column_id')} AS from_count, {count.format('%s')} AS to_count"
+        f" FROM boards_card c WHERE {where}{lock}"
+    )
+    params = [*lower_params, *upper_params, target, *params]
+    found = list(Card.objects.raw(sql, params))
+    if not found:
+        raise NotFoundError("Card not found.")
+    card = found[0]
+    card.asked_rank = getattr(card, asked) if asked else None
+    card.from_column = Column(
+        pk=card.column_id,
+        board_id=card.board_id,
+        name=card.from_name,
+        stage=card.from_stage,
+        position=card.from_position,
+        wip_limit=card.from_wip_limit,
+        wip_blocks=bool(card.from_wip_blocks),
+    )
     return card
 
 

@@ -4,6 +4,7 @@ htmx requests get partials from `boards/board.html`; the same URLs without htmx 
 pages (or a redirect after a POST), so every action also works without JavaScript.
 """
 
+import json
 from functools import partial
 from urllib.parse import urlencode
 
@@ -192,21 +193,21 @@ def _after_post(request: HttpRequest, board: Board, message: str, level=messages
 @require_http_methods(["GET", "POST"])
 def card_move_view(request: HttpRequest, key: str, number: int) -> HttpResponse:
     """GET: the "Move to…" form (works without JavaScript). POST: the move itself."""
-    card = queries.card_get(
-        actor=_actor(request), board_key=key, number=number, at_least=Role.EDITOR
-    )
-    board = card.board
     if request.method == "GET":
+        card = queries.card_get(
+            actor=_actor(request), board_key=key, number=number, at_least=Role.EDITOR
+        )
         context = {
-            "board": board,
+            "board": card.board,
             "card": card,
-            "all_columns": queries.board_columns(board=board),
-            "board_url": _board_url(board, request),
+            "all_columns": queries.board_columns(board=card.board),
+            "board_url": _board_url(card.board, request),
         }
         template = f"{BOARD}#move-dialog" if _wants_fragment(request) else "boards/card_move.html"
         return _render(request, template, context)
     form = MoveForm(request.POST)
     if not form.is_valid():
+        board = queries.board_get(actor=_actor(request), key=key, at_least=Role.EDITOR)
         if not request.htmx:
             return _after_post(request, board, "That move was not understood.", messages.ERROR)
         return _columns_response(
@@ -214,45 +215,61 @@ def card_move_view(request: HttpRequest, key: str, number: int) -> HttpResponse:
             tone="error", status=422,
         )  # fmt: skip
     data = form.cleaned_data
-    from_column = card.column_id
+    ref = f"{key}-{number}"
     try:
         moved = services.card_move(
             actor=_actor(request),
-            card_id=card.pk,
+            board_key=key,
+            number=number,
             to_column_id=data["to_column"],
             expected_version=data["version"],
             after_id=data["after"],
             before_id=data["before"],
         )
     except ConflictError:
-        text = f"{card.ref} was changed by someone else first; the board now shows the latest."
+        board = queries.board_get(actor=_actor(request), key=key)
+        text = f"{ref} was changed by someone else first; the board now shows the latest."
         if not request.htmx:
             return _after_post(request, board, text, messages.WARNING)
         return _columns_response(
             request, board=board, column_ids=None, toast=text, tone="warning", status=409
         )
     except (WipLimitError, ValidationError) as refused:
+        board = queries.board_get(actor=_actor(request), key=key)
         text = (
             refused.message if isinstance(refused, WipLimitError) else "; ".join(refused.messages)
         )
         if not request.htmx:
             return _after_post(request, board, text, messages.ERROR)
-        ids = list({from_column, data["to_column"]})
         status = 409 if isinstance(refused, WipLimitError) else 422
         return _columns_response(
-            request, board=board, column_ids=ids, toast=text, tone="error", status=status
+            request, board=board, column_ids=None, toast=text, tone="error", status=status
         )
-    column = moved.column
-    toast, tone = f"{card.ref} moved to {column.name}.", "info"
+    board, column = moved.board, moved.column
+    toast, tone = f"{moved.ref} moved to {column.name}.", "info"
+    over_limit = column.wip_limit is not None and column.count > column.wip_limit
+    if over_limit and moved.moved_from.pk != column.pk:
+        toast += f" {column.name} is over its WIP limit ({column.count}/{column.wip_limit})."
+        tone = "warning"
     if not request.htmx:
         return _after_post(request, board, toast)
+    if request.headers.get("X-Flux-Placed") == "1" and not _filters(request).active:
+        # The page has already put the card where it asked (a drag, or the keyboard): confirm
+        # with the two columns' new counts and the card's new version, not the columns again.
+        heads = [queries.ColumnView(column=moved.moved_from, count=moved.moved_from.count)]
+        if moved.moved_from.pk != column.pk:
+            heads.append(queries.ColumnView(column=column, count=column.count))
+        for head in heads:
+            head.total = head.count
+        context = {"board": board, "heads": heads, "toast": toast, "tone": tone}
+        response = _render(request, f"{BOARD}#move-placed", context)
+        response["HX-Trigger"] = json.dumps(
+            {"flux:moved": {"card": moved.pk, "version": moved.version}}
+        )
+        return response
     columns = queries.columns_view(
-        board=board, column_ids=list({from_column, column.pk}), filters=_filters(request)
+        board=board, column_ids=list({moved.moved_from.pk, column.pk}), filters=_filters(request)
     )
-    target = next(view for view in columns if view.column.pk == column.pk)
-    if target.over_limit and column.pk != from_column:
-        toast += f" {column.name} is over its WIP limit ({target.total}/{column.wip_limit})."
-        tone = "warning"
     return _columns_response(
         request, board=board, column_ids=None, columns=columns, toast=toast, tone=tone
     )

@@ -220,6 +220,9 @@ SECURE_CSP = {
     "form-action": [CSP.SELF],
     "frame-ancestors": [CSP.NONE],
 }
+# Read from the cache, written through to the database (flux.sessions): a page or a move
+# spends no SQL on the session, and a Redis outage falls back to the database.
+SESSION_ENGINE = "flux.sessions"
 SESSION_COOKIE_HTTPONLY = True
 SESSION_COOKIE_SAMESITE = "Lax"
 CSRF_COOKIE_SAMESITE = "Lax"

@@ -75,12 +75,17 @@
     else if (before) values.before = before.dataset.card;
     refocus = document.activeElement === card ? card.id : refocus;
     setBusy(true);
+    document.dispatchEvent(new CustomEvent("flux:move-start"));
     announce(`Moving ${card.dataset.ref} to ${columnName(list)}, position ${index + 1}.`);
     htmx
       .ajax("POST", card.dataset.moveUrl + window.location.search, {
-        source: card,
+        // Not the card itself: a live update may redraw its column while the move is on
+        // its way, and the answer's out-of-band parts are looked up from this element.
+        source: document.getElementById("main"),
         values,
         swap: "none",
+        // The card is already where the person put it: the server only confirms.
+        headers: { "X-Flux-Placed": "1" },
       })
       .catch(() => reloadBoard())
       .finally(() => setBusy(false));
@@ -171,6 +176,15 @@
   });
 
   document.addEventListener("keydown", onKeydown);
+
+  // A confirmed move: the card stays where it was put, with its new version.
+  document.addEventListener("flux:moved", (event) => {
+    const card = document.getElementById(`card-${event.detail.card}`);
+    if (!card) return;
+    card.dataset.version = String(event.detail.version);
+    const age = card.querySelector("time.age");
+    if (age) age.textContent = "now";
+  });
 
   document.addEventListener("htmx:beforeSwap", (event) => {
     const status = event.detail.xhr.status;

@@ -111,18 +111,47 @@
     noteOpenDialog(changes);
   }
 
-  // Fresh copies of the columns, swapped out of band, with the page's filters kept.
+  // A move started by this page while a redraw was on its way makes that redraw stale.
+  let movesStarted = 0;
+  document.addEventListener("flux:move-start", () => { movesStarted += 1; });
+
+  // Fresh copies of the columns, swapped out of band, with the page's filters kept. Drawn
+  // only when no move of this page's is in flight or began meanwhile; else asked again.
   function refresh(columnIds) {
     const url = new URL(live.dataset.columnsUrl, window.location.href);
     new URLSearchParams(window.location.search).forEach((value, key) => {
       if (key !== "ids") url.searchParams.set(key, value);
     });
     if (columnIds) url.searchParams.set("ids", columnIds.join(","));
-    const lists = keepScroll();
+    const movesBefore = movesStarted;
+    let drawn = false;
     return htmx
-      .ajax("GET", url.pathname + url.search, { source: live, swap: "none" })
-      .then(() => restoreScroll(lists))
+      .ajax("GET", url.pathname + url.search, {
+        source: live,
+        handler: (elt, info) => {
+          if (info.xhr.status !== 200) {
+            drawn = true; // gone or refused: nothing to draw, and nothing to ask again
+            return;
+          }
+          if (movesStarted !== movesBefore || boardBusy()) return;
+          const lists = keepScroll();
+          htmx.swap(live, info.xhr.responseText, { swapStyle: "none" });
+          restoreScroll(lists);
+          drawn = true;
+        },
+      })
+      .then(() => {
+        if (!drawn) return waitUntilIdle().then(() => refresh(columnIds));
+        return undefined;
+      })
       .catch(() => {});
+  }
+
+  function waitUntilIdle() {
+    return new Promise((resolve) => {
+      const check = () => (boardBusy() ? window.setTimeout(check, 100) : resolve());
+      check();
+    });
   }
 
   function keepScroll() {
