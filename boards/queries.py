@@ -7,7 +7,7 @@ import markdown
 import nh3
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser
-from django.db.models import Count, F, OuterRef, Prefetch, Q, QuerySet, Subquery, Window
+from django.db.models import Count, F, Max, OuterRef, Prefetch, Q, QuerySet, Subquery, Window
 from django.db.models.functions import RowNumber
 from django.utils.safestring import SafeString, mark_safe
 
@@ -17,6 +17,7 @@ from activity.models import Event
 from boards.errors import NotFoundError
 from boards.models import Board, Card, Column, Comment, Label, LabelKind, Membership, Role, Stage
 from boards.permissions import role_require
+from boards.templatetags.flux import age, overdue
 
 User = get_user_model()
 
@@ -101,7 +102,10 @@ def board_get(
     """
     boards = Board.objects.filter(key=str(key).upper())
     if with_last_event:
-        newest = Event.objects.filter(board=OuterRef("pk")).order_by("-id").values("id")[:1]
+        # max(), not ORDER BY id DESC LIMIT 1: PostgreSQL reads it off the (board, id) index
+        # rather than walking the whole log backwards by id.
+        boards_events = Event.objects.filter(board=OuterRef("pk")).order_by().values("board")
+        newest = boards_events.annotate(newest=Max("id")).values("newest")[:1]
         boards = boards.annotate(last_event_id=Subquery(newest))
     user = actor.user
     if user is not None and user.is_authenticated:
@@ -174,6 +178,8 @@ def columns_view(
     for card in ranked.order_by("column_id", "rank"):
         card.board = board  # refs need the key: no query per card
         views[card.column_id].cards.append(card)
+    for view in views.values():
+        _fragment_keys(view.cards)
     return list(views.values())
 
 
@@ -201,6 +207,18 @@ def card_search(
     return cards.order_by("column__position", "column_id", "rank", "pk")
 
 
+def _fragment_keys(cards: list[Card]) -> None:
+    """Give each card the key of its rendered HTML: everything the card shows is in it (its
+    version covers its own fields; labels, people, age and due state are spelled out)."""
+    for card in cards:
+        labels = ",".join(f"{x.pk}.{x.kind}.{x.colour}.{x.name}" for x in card.label_list)
+        people = ",".join(
+            f"{p.pk}.{p.get_username()}.{p.get_full_name()}" for p in card.assignee_list
+        )
+        state = f"{age(card.entered_column_at)}.{overdue(card.due_date)}"
+        card.fragment_key = f"{card.pk}:{card.version}:{state}:{labels}:{people}"
+
+
 def column_more(
     *, board: Board, column_id: int, after_rank: str, filters: CardFilter = NO_FILTER
 ) -> tuple[Column, list[Card], bool]:
@@ -213,6 +231,7 @@ def column_more(
     page = list(cards.order_by("rank")[: COLUMN_PAGE + 1])
     for card in page:
         card.board = board
+    _fragment_keys(page)
     return column, page[:COLUMN_PAGE], len(page) > COLUMN_PAGE
 
 

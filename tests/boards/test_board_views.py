@@ -183,6 +183,54 @@ def test_a_move_within_a_column_answers_with_that_column(editor, board):
     assert column_titles(board, "To Do") == ["b", "a"]
 
 
+PLACED = {**HX, "HTTP_X_FLUX_PLACED": "1"}
+
+
+def test_a_dragged_card_is_confirmed_with_the_column_counts_and_its_new_version(editor, board):
+    """The page has already put the card where it was dropped: the answer confirms it with
+    the two columns' new counts and the card's version, and draws no cards."""
+    card = make_card(board, title="Refunds")
+    make_card(board, title="Stays")
+    url = reverse("boards:card-move", args=["PAY", card.number])
+    data = {"to_column": column(board, "In Review").pk, "version": card.version}
+    response = editor.post(url, data, **PLACED)
+    assert response.status_code == 200
+    html = response.content.decode()
+    todo, review = column(board, "To Do").pk, column(board, "In Review").pk
+    assert sorted(oob_ids(response)) == sorted([f"column-{todo}-head", f"column-{review}-head"])
+    heads = dict(re.findall(r'id="column-(\d+)-head".*?<span class="count"[^>]*>(\d+)', html, re.S))
+    assert heads == {str(todo): "1", str(review): "1"}
+    assert "Refunds" not in html  # no card is drawn again
+    assert "PAY-1 moved to In Review." in html
+    card.refresh_from_db()
+    assert (
+        response["HX-Trigger"]
+        == f'{{"flux:moved": {{"card": {card.pk}, "version": {card.version}}}}}'
+    )
+    assert len(response.content) < 2048
+
+
+def test_a_drag_runs_at_most_eight_sql_statements_whatever_the_board_size(editor, board, bob):
+    """Session from the cache, the user, then BEGIN, two reading locks, the card's UPDATE,
+    the event (with its chain link) and COMMIT: the same count with 3 or 300 cards."""
+
+    def statements(card, to) -> int:
+        card.refresh_from_db()
+        url = reverse("boards:card-move", args=["PAY", card.number])
+        data = {"to_column": column(board, to).pk, "version": card.version}
+        with CaptureQueriesContext(connection) as queries:
+            assert editor.post(url, data, **PLACED).status_code == 200
+        return len(queries)
+
+    cards = [make_card(board, title=f"card {n}") for n in range(3)]
+    small = statements(cards[0], "In Review")
+    for n in range(300):
+        make_card(board, title=f"more {n}", column_name="In Review")
+    assert statements(cards[1], "In Review") == small
+    assert small <= 8, small
+    print(f"a drag: {small} SQL statements")
+
+
 def test_a_stale_move_gets_409_and_the_fresh_board(editor, board, alice):
     card = make_card(board, title="Refunds")
     services.card_move(
