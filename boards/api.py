@@ -6,6 +6,7 @@ from typing import Literal
 from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
 from django.db import transaction
+from django.db.models import prefetch_related_objects
 from django.http import HttpRequest
 from django.urls import reverse
 from ninja import Field, Query, Router, Schema
@@ -335,19 +336,22 @@ def card_move(request: HttpRequest, ref: str, payload: MoveIn):
     Without after/before the card goes to the top of the column, unless it is already in that
     column: then nothing changes and no event is written.
     """
-    card = _card(request, ref, Role.EDITOR)
-    board = card.board
+    key, number = _parse_ref(ref)
+    board = queries.board_get(actor=request.actor, key=key, at_least=Role.EDITOR)
     column = _column_for(board, payload.to)
     card = services.card_move(
         actor=request.actor,
-        card_id=card.pk,
+        board_key=board.key,
+        number=number,
         to_column_id=column.pk,
         expected_version=payload.expected_version,
         after_id=_neighbour(board, payload.after),
         before_id=_neighbour(board, payload.before),
         stay_if_in_column=True,
     )
-    return _card_out(_fresh(card))
+    # The move leaves labels and people as they were: read just those for the answer.
+    prefetch_related_objects([card], "labels", "assignees")
+    return _card_out(card)
 
 
 @router.post("/deployments", response={201: DeploymentOut, **WRITE_ERRORS})
