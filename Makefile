@@ -15,7 +15,7 @@ BOOT_PYTHON := $(shell for c in python3.13 python3.12 python3 python; do \
 	if command -v $$c >/dev/null 2>&1 && $$c -c 'import sys; sys.exit(sys.version_info < (3, 12))' 2>/dev/null; then \
 	echo $$c; break; fi; done)
 
-.PHONY: help run test test-postgres test-sqlite lint format lock services-check clean bench
+.PHONY: help run test test-postgres test-sqlite lint format lock services-check clean bench chaos
 
 help:
 	@echo "make run     set up and serve Flux at http://127.0.0.1:$(PORT) (SQLite, no services needed)"
@@ -90,3 +90,10 @@ clean:
 bench: $(VENV)/.installed
 	@mkdir -p var
 	$(PY) -m bench $(if $(filter 1,$(QUICK)),--quick,) $(BENCH_ARGS)
+
+# Fault injection (chaos/): a private PostgreSQL cluster and Redis, uvicorn, Celery worker and
+# beat; load, then Redis killed, PostgreSQL restarted, the worker SIGKILLed mid-rollup, two
+# beats. Prints a table, writes var/chaos.json, fails on any FAIL. QUICK=1: about two minutes.
+chaos: $(VENV)/.installed
+	@mkdir -p var
+	$(PY) -m chaos $(if $(filter 1,$(QUICK)),--quick,) $(CHAOS_ARGS)

@@ -55,22 +55,22 @@ COPY_BLOCK_BYTES = 256 * 1024
 
 # cell() in SQL, for COPY: the formula starts neutralised; an empty string becomes NULL so that
 # COPY writes an empty cell unquoted, as csv.writer does.
-_TEXT = r"""NULLIF(CASE WHEN left({0}, 1) IN ('=', '+', '-', '@', E'\t', E'\r')
+_TEXT = r"""NULLIF(CASE WHEN ascii({0}) IN (61, 43, 45, 64, 9, 13)
        THEN '''' || {0} ELSE {0} END, '')"""
-# UTC, ISO 8601 with "Z", microseconds only when there are some (datetime.isoformat()).
-_TIME = r"""to_char({0} AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS')
-       || CASE WHEN date_trunc('second', {0}) = {0} THEN ''
-               ELSE to_char({0} AT TIME ZONE 'UTC', '.US') END || 'Z'"""
+# UTC, ISO 8601 with "Z", microseconds only when there are some (datetime.isoformat()); the
+# format has one ".", so the replace can only drop zero microseconds.
+_TIME = r"""replace(to_char({0} AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US'), '.000000', '')
+       || 'Z'"""
 # round() of a float8 rounds half to even, as Python's round() does.
 _SECONDS = "round({0})::bigint"
+# The shape is for a million rows: each deployment's own cells (service, times, commit shas)
+# are formatted once per deployment, not once per card; the deployments come in export order
+# and each one's cards from its index in card_ref order, so the final ORDER BY is an
+# incremental sort of small groups instead of a sort of every row; labels are aggregated once
+# per card by a hash join rather than by a subquery per row. (When many cards carry labels
+# the planner may prefer hash joins and one sort: still one aggregate per card.)
 COPY_SELECT = f"""
-SELECT d.id,
-       {_TEXT.format("b.key")},
-       {_TEXT.format("b.name")},
-       {_TEXT.format("d.environment")},
-       {_TEXT.format("d.version")},
-       {_TEXT.format("d.status")},
-       {_TIME.format("d.deployed_at")},
+SELECT d.id, d.service_key, d.service_name, d.environment, d.version, d.status, d.deployed,
        {_TEXT.format("dc.card_ref")},
        {_TEXT.format("c.title")},
        {_TEXT.format("labels.names")},
@@ -78,21 +78,34 @@ SELECT d.id,
        {_TIME.format("dc.started_at")},
        {_SECONDS.format("dc.lead_time")},
        {_SECONDS.format("dc.cycle_time")},
-       {_TEXT.format("shas.joined")},
-       {_TEXT.format("d.source")},
-       {_TEXT.format("d.actor_name")}
-  FROM activity_deployment d
-  JOIN boards_board b ON b.id = d.board_id
-  LEFT JOIN activity_deploymentcard dc ON dc.deployment_id = d.id
+       d.commit_shas, d.source, d.actor
+  FROM (SELECT d.id, d.deployed_at,
+               {_TEXT.format("b.key")} AS service_key,
+               {_TEXT.format("b.name")} AS service_name,
+               {_TEXT.format("d.environment")} AS environment,
+               {_TEXT.format("d.version")} AS version,
+               {_TEXT.format("d.status")} AS status,
+               {_TIME.format("d.deployed_at")} AS deployed,
+               {_TEXT.format("shas.joined")} AS commit_shas,
+               {_TEXT.format("d.source")} AS source,
+               {_TEXT.format("d.actor_name")} AS actor
+          FROM activity_deployment d
+          JOIN boards_board b ON b.id = d.board_id
+          LEFT JOIN LATERAL (
+                SELECT string_agg(s.sha, ' ' ORDER BY s.n) AS joined
+                  FROM jsonb_array_elements_text(d.commit_shas) WITH ORDINALITY AS s(sha, n)
+               ) shas ON true
+         WHERE {{where}}
+         ORDER BY d.deployed_at, d.id) d
+  LEFT JOIN LATERAL (
+        SELECT dc.card_id, dc.card_ref, dc.created_at, dc.started_at, dc.lead_time, dc.cycle_time
+          FROM activity_deploymentcard dc
+         WHERE dc.deployment_id = d.id
+         ORDER BY dc.card_ref) dc ON true
   LEFT JOIN boards_card c ON c.id = dc.card_id
-  LEFT JOIN LATERAL (
-        SELECT string_agg(l.name, ' ' ORDER BY l.name) AS names
-          FROM boards_card_labels cl JOIN boards_label l ON l.id = cl.label_id
-         WHERE cl.card_id = dc.card_id) labels ON true
-  LEFT JOIN LATERAL (
-        SELECT string_agg(s.sha, ' ' ORDER BY s.n) AS joined
-          FROM jsonb_array_elements_text(d.commit_shas) WITH ORDINALITY AS s(sha, n)) shas ON true
- WHERE {{where}}
+  LEFT JOIN (SELECT cl.card_id, string_agg(l.name, ' ' ORDER BY l.name) AS names
+               FROM boards_card_labels cl JOIN boards_label l ON l.id = cl.label_id
+              GROUP BY cl.card_id) labels ON labels.card_id = dc.card_id
  ORDER BY d.deployed_at, d.id, dc.card_ref"""
 
 

@@ -103,9 +103,22 @@ def _once_on_commit(func) -> None:
 
 
 def _rollups_soon() -> None:
+    """Ask a worker to bring the rollups up to date, without holding the request up for long.
+
+    One publish attempt, no retries: when Redis is down the request pays one failed connection
+    (fractions of a second), and then, for `pause` seconds, nothing at all: this process does
+    not try again until the pause is over. Nothing is lost either way: the periodic run
+    (beat) applies every event committed meanwhile.
+    """
+    import time
+
     from activity.tasks import rollups_advance_task
 
+    pause = 10.0
+    if time.monotonic() < getattr(_rollups_soon, "paused_until", 0.0):
+        return
     try:
-        rollups_advance_task.delay()
+        rollups_advance_task.apply_async(retry=False)
     except Exception:  # the broker is down: the periodic run catches up instead
+        _rollups_soon.paused_until = time.monotonic() + pause
         logger.warning("could not enqueue the rollups; beat will catch up", exc_info=True)

@@ -11,6 +11,26 @@ Commit safety (DESIGN.md, invariant 5): on PostgreSQL an event is read only once
 transaction with a lower id has finished (its txid is below the snapshot's xmin), so an
 event whose transaction commits late is neither skipped nor counted twice.
 
+Rebuild (PostgreSQL): `rollups_rebuild()` recomputes every projection in one transaction of
+a few set-based SQL statements (`_REBUILD`), from the events visible to that transaction's
+snapshot, whatever transaction ids they carry; the cursor's watermark becomes the snapshot's
+xmin, so an event the snapshot could not see is read by the next incremental run, and one it
+saw above the watermark is read again then, which changes nothing (applying is idempotent).
+On SQLite a rebuild empties the projections and applies the log batch by batch.
+
+Restores: transaction ids are a cluster's own. A logical dump restored into another cluster
+(a fresh one counts from the start again) carries events, and a cursor watermark, from the
+old counter: typically far above the new one, so the restored events would wait for ids the
+new cluster may take years to reach, while the events written after the restore would lie
+below the restored watermark and never be read. So the cursor records the cluster it counts
+in (`system_identifier`), and a run that finds no cursor, or one of another cluster, first
+rebuilds by visibility as above (no stored transaction id is trusted), which re-anchors the
+watermark in this cluster's ids; from then on the incremental reader is the usual one. A
+restore into the same cluster, or a physical replica of it, keeps its identifier and needs
+nothing. (A reader that instead treated ids at or above pg_current_xact_id() as foreign
+would lose that evidence once the new counter passes them, and could not tell an old event
+from a new one below the restored watermark.)
+
 Speed: a batch is applied set-wise, with a fixed number of queries whatever its size. The
 events are read as plain tuples (only the payload keys the projections need, extracted by
 the database); the cards, flows, moments and deliveries the batch touches are read with one
@@ -58,6 +78,10 @@ PROJECTIONS = (DeploymentCard, Deployment, Rework, CardMoment, CardFlow, DailyRo
 def rollups_advance(*, batch: int = BATCH, progress: Callable[[int], None] | None = None) -> int:
     """Apply every event committed since the last run; returns how many were applied."""
     applied = 0
+    if connection.vendor == "postgresql" and not _cursor_of_this_cluster():
+        # No cursor yet, or one written by another cluster (a restored dump): its transaction
+        # ids mean nothing here, so read the whole log once by visibility (see rebuild).
+        applied = _rebuild_postgresql(progress=progress, unless_cursor_is_ours=True)
     while True:
         count, more = _advance_one_batch(batch=batch)
         applied += count
@@ -69,15 +93,13 @@ def rollups_advance(*, batch: int = BATCH, progress: Callable[[int], None] | Non
 
 def rollups_rebuild(*, batch: int = BATCH, progress: Callable[[int], None] | None = None) -> int:
     """Forget every projection and build them again from the whole log."""
+    if connection.vendor == "postgresql":
+        return _rebuild_postgresql(progress=progress)
     with transaction.atomic():
         ProjectionCursor.objects.select_for_update().filter(name=CURSOR).first()
         with connection.cursor() as cursor:
-            tables = [model._meta.db_table for model in PROJECTIONS]
-            if connection.vendor == "postgresql":
-                cursor.execute("TRUNCATE " + ", ".join(map(connection.ops.quote_name, tables)))
-            else:
-                for table in tables:
-                    cursor.execute(f"DELETE FROM {connection.ops.quote_name(table)}")
+            for model in PROJECTIONS:
+                cursor.execute(f"DELETE FROM {connection.ops.quote_name(model._meta.db_table)}")
         ProjectionCursor.objects.update_or_create(
             name=CURSOR, defaults={"txid_watermark": 0, "event_watermark": 0, "events_applied": 0}
         )
@@ -88,8 +110,10 @@ def events_pending() -> int:
     """How many committed events the projections have not applied yet (for progress bars)."""
     cursor = ProjectionCursor.objects.filter(name=CURSOR).first()
     if connection.vendor == "postgresql":
-        low = cursor.txid_watermark if cursor else 0
-        return Event.objects.filter(txid__gte=low, txid__lt=_snapshot_xmin()).count()
+        if cursor is None or not _cursor_of_this_cluster():
+            return Event.objects.count()  # the next run reads the whole log
+        low, high = cursor.txid_watermark, _snapshot_xmin()
+        return Event.objects.filter(txid__gte=low, txid__lt=high).count()
     return Event.objects.filter(pk__gt=cursor.event_watermark if cursor else 0).count()
 
 
@@ -97,6 +121,20 @@ def _snapshot_xmin() -> int:
     with connection.cursor() as cursor:
         cursor.execute("SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint")
         return cursor.fetchone()[0]
+
+
+def _cursor_of_this_cluster() -> bool:
+    """Whether the cursor exists and was written by this PostgreSQL cluster."""
+    with connection.cursor() as cursor:
+        cursor.execute(_CURSOR_CLUSTER, [CURSOR])
+        stored, current = cursor.fetchone()
+    return stored == current
+
+
+_CURSOR_CLUSTER = """
+    SELECT (SELECT cluster FROM activity_projectioncursor WHERE name = %s),
+           system_identifier::text
+      FROM pg_control_system()"""
 
 
 # --- reading the log ----------------------------------------------------------------------------
@@ -538,3 +576,257 @@ def _refresh_some_days(days: list[tuple[int, datetime.date]]) -> None:
         )
     if emptied:
         DailyRollup.objects.filter(pk__in=emptied).delete()
+
+
+# --- rebuilding on PostgreSQL -------------------------------------------------------------------
+
+
+def _rebuild_postgresql(
+    *, progress: Callable[[int], None] | None = None, unless_cursor_is_ours: bool = False
+) -> int:
+    """Rebuild every projection from the log in one transaction, set-wise in SQL.
+
+    The events are those visible to the transaction's snapshot, whatever their stored
+    transaction ids (a restored dump's come from another cluster); the cursor's watermark
+    becomes that snapshot's xmin in this cluster, so every event the snapshot could not see
+    (its transaction was still running) has a transaction id at or above it and is read by
+    the next incremental run. Events the snapshot saw above the watermark are read again
+    then, which changes nothing: applying an event is idempotent.
+
+    The SQL computes what `_apply` computes, to the bit: lead and cycle times are the exact
+    differences of the epochs (numeric) rounded once to a double, as timedelta.total_seconds()
+    does, and the percentiles follow metrics.percentile step by step in double precision.
+    """
+    outermost = not connection.in_atomic_block
+    with transaction.atomic(), connection.cursor() as cursor:
+        if outermost:
+            # One snapshot for every statement; taken after the lock below (LOCK takes none).
+            cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        # Waits for a run in progress and keeps others out (they lock the cursor's row).
+        cursor.execute("LOCK TABLE activity_projectioncursor IN EXCLUSIVE MODE")
+        cursor.execute(_REBUILD_START, [CURSOR])
+        watermark, cluster, stored_cluster = cursor.fetchone()
+        if unless_cursor_is_ours and stored_cluster == cluster:
+            return 0  # another run has just done it
+        cursor.execute("SET LOCAL work_mem = '64MB'")
+        cursor.execute("SET LOCAL maintenance_work_mem = '256MB'")
+        # Foreign keys checked as each statement ends: an index cannot be built on a table
+        # with checks still pending.
+        cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
+        tables = [model._meta.db_table for model in PROJECTIONS]
+        cursor.execute("TRUNCATE " + ", ".join(map(connection.ops.quote_name, tables)))
+        # An index built once over the loaded rows costs a fraction of a million insertions
+        # into it: the secondary indexes (no constraint uses them) are dropped and then
+        # created again, as they were, in this transaction.
+        cursor.execute(_SECONDARY_INDEXES, [tables])
+        indexes = cursor.fetchall()
+        for name, _ in indexes:
+            cursor.execute(f"DROP INDEX {name}")
+        for statement in _REBUILD:
+            params = {"delivered_to": sorted(DELIVERED_TO)} if "%(" in statement else None
+            cursor.execute(statement, params)
+        for _, definition in indexes:
+            cursor.execute(definition)
+        cursor.execute("ANALYZE " + ", ".join(map(connection.ops.quote_name, tables)))
+        cursor.execute("SELECT count(*) FROM activity_event")
+        events = cursor.fetchone()[0]
+        ProjectionCursor.objects.update_or_create(
+            name=CURSOR,
+            defaults={
+                "txid_watermark": watermark,
+                "event_watermark": 0,
+                "events_applied": events,
+                "cluster": cluster,
+            },
+        )
+    if progress and events:
+        progress(events)
+    return events
+
+
+_REBUILD_START = """
+    SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint, s.system_identifier::text,
+           (SELECT cluster FROM activity_projectioncursor WHERE name = %s)
+      FROM pg_control_system() s"""
+
+
+_SECONDARY_INDEXES = """
+    SELECT i.indexrelid::regclass::text, pg_get_indexdef(i.indexrelid)
+      FROM pg_index i
+     WHERE i.indrelid = ANY(%s::regclass[])
+       AND NOT EXISTS (SELECT FROM pg_constraint c WHERE c.conindid = i.indexrelid)
+     ORDER BY 1"""
+
+
+def _percentile_sql(values: str, q: int) -> str:
+    """metrics.percentile(values, q) of a sorted float8[] in SQL, operation for operation."""
+    position = f"((cardinality({values}) - 1) * {q})::float8 / 100"
+    low, high = f"{values}[floor({position})::int + 1]", f"{values}[ceil({position})::int + 1]"
+    return f"{low} + ({high} - {low}) * ({position} - floor({position}))"
+
+
+def _seconds_sql(later: str, earlier: str) -> str:
+    """(later - earlier).total_seconds(): the exact difference, rounded once to a double."""
+    return f"(extract(epoch FROM {later}) - extract(epoch FROM {earlier}))::float8"
+
+
+# The statements of a rebuild, in order; each reads the log (or the rows written before it)
+# once. The stage tests are _gather_move's and _gather_created's; `IS DISTINCT FROM` is
+# Python's != where a payload lacks the key.
+_REBUILD = [
+    # Deployments: every CI-recorded one, and every manual move into Deployed.
+    """
+    INSERT INTO activity_deployment (event_id, board_id, kind, version, environment, status,
+                                     deployed_at, url, commit_shas, source, actor_name)
+    SELECT e.id, e.board_id, 'ci', d->>'version', d->>'environment', d->>'status',
+           coalesce(nullif(d->>'finished_at', '')::timestamptz, e.occurred_at),
+           coalesce(d->>'url', ''),
+           coalesce((SELECT jsonb_agg(c->'sha' ORDER BY n)
+                       FROM jsonb_array_elements(d->'commits') WITH ORDINALITY AS x(c, n)),
+                    '[]'::jsonb),
+           e.source, e.actor_name
+      FROM activity_event e CROSS JOIN LATERAL (SELECT e.payload->'deployment' AS d) p
+     WHERE e.kind = 'deployment.recorded'
+    UNION ALL
+    SELECT e.id, e.board_id, 'manual', '', 'production', 'success', e.occurred_at, '',
+           '[]'::jsonb, e.source, e.actor_name
+      FROM activity_event e
+     WHERE e.kind = 'card.moved' AND e.payload->'to'->>'stage' = 'deployed'
+       AND (e.payload->'from'->>'stage') IS DISTINCT FROM 'deployed'
+       AND NOT e.payload ? 'deployment_id'
+     ORDER BY 1""",
+    # Rework: a card leaving Deployed for an earlier stage.
+    """
+    INSERT INTO activity_rework (event_id, board_id, card_id, occurred_at)
+    SELECT id, board_id, card_id, occurred_at
+      FROM activity_event
+     WHERE kind = 'card.moved' AND payload->'from'->>'stage' = 'deployed'
+       AND (payload->'to'->>'stage') IS DISTINCT FROM 'deployed'
+     ORDER BY id""",
+    # The cards each deployment names (once each), whether it delivers them, and its
+    # earliest commit.
+    """
+    CREATE TEMPORARY TABLE rollups_named ON COMMIT DROP AS
+    SELECT d.id AS deployment_id, d.event_id, e.occurred_at, d.deployed_at,
+           d.status = 'success' AND d.environment = ANY(%(delivered_to)s) AS delivers,
+           c.first_commit, named.card_id
+      FROM activity_deployment d
+      JOIN activity_event e ON e.id = d.event_id
+     CROSS JOIN LATERAL (
+           SELECT min(nullif(x->>'timestamp', '')::timestamptz) AS first_commit
+             FROM jsonb_array_elements(e.payload->'deployment'->'commits') x) c
+     CROSS JOIN LATERAL (
+           SELECT DISTINCT (x->>'id')::bigint AS card_id
+             FROM jsonb_array_elements(e.payload->'deployment'->'cards') x) named
+     WHERE d.kind = 'ci'
+    UNION ALL
+    SELECT d.id, d.event_id, d.deployed_at, d.deployed_at, true, NULL, e.card_id
+      FROM activity_deployment d
+      JOIN activity_event e ON e.id = d.event_id
+     WHERE d.kind = 'manual'""",
+    "ANALYZE rollups_named",
+    # Card moments: entries into In Progress, and commits as their deployment reported them.
+    """
+    INSERT INTO activity_cardmoment (event_id, card_id, kind, at, known_at)
+    SELECT id, card_id, 'start', occurred_at, occurred_at
+      FROM activity_event
+     WHERE (kind = 'card.created' AND payload->'card'->>'stage' = 'in_progress')
+        OR (kind = 'card.moved' AND payload->'to'->>'stage' = 'in_progress')
+    UNION ALL
+    SELECT event_id, card_id, 'commit', first_commit, greatest(first_commit, occurred_at)
+      FROM rollups_named
+     WHERE first_commit IS NOT NULL
+     ORDER BY 2, 1""",
+    # Card flows: every card an event touched; created at its row's time unless its
+    # card.created event says earlier.
+    """
+    INSERT INTO activity_cardflow (card_id, board_id, created_at, started_at, first_commit_at)
+    SELECT c.id, c.board_id, least(c.created_at, t.created_at), t.started_at,
+           t.first_commit_at
+      FROM (SELECT card_id, min(created_at) AS created_at, min(started_at) AS started_at,
+                   min(first_commit_at) AS first_commit_at
+              FROM (SELECT card_id,
+                           CASE WHEN kind = 'card.created' THEN occurred_at END AS created_at,
+                           NULL::timestamptz AS started_at, NULL::timestamptz AS first_commit_at
+                      FROM activity_event
+                     WHERE kind IN ('card.created', 'card.moved')
+                    UNION ALL
+                    SELECT card_id, NULL, CASE WHEN kind = 'start' THEN at END,
+                           CASE WHEN kind = 'commit' THEN at END
+                      FROM activity_cardmoment
+                    UNION ALL
+                    SELECT card_id, NULL, NULL, NULL FROM rollups_named WHERE delivers) notes
+             GROUP BY card_id) t
+      JOIN boards_card c ON c.id = t.card_id
+     ORDER BY c.id""",
+    # Deliveries, each timed from the moments known at or before its deployment: per card,
+    # its moments (at the time they became known) and deliveries in time order, a moment
+    # before a delivery at the same instant, each delivery taking the running minimum.
+    f"""
+    INSERT INTO activity_deploymentcard (deployment_id, card_id, card_ref, created_at,
+                                         started_at, first_commit_at, deployed_at, lead_time,
+                                         cycle_time, card_lead_time)
+    SELECT m.deployment_id, m.card_id, b.key || '-' || c.number, f.created_at, m.started_at,
+           m.first_commit_at, m.deployed_at,
+           greatest(0, {
+        _seconds_sql("m.deployed_at", "coalesce(m.first_commit_at, m.started_at, f.created_at)")
+    }),
+           {_seconds_sql("m.deployed_at", "m.started_at")},
+           greatest(0, {_seconds_sql("m.deployed_at", "f.created_at")})
+      FROM (SELECT deployment_id, card_id, moment AS deployed_at,
+                   min(start_at) OVER running AS started_at,
+                   min(commit_at) OVER running AS first_commit_at
+              FROM (SELECT NULL::bigint AS deployment_id, card_id, known_at AS moment, 0 AS ord,
+                           CASE WHEN kind = 'start' THEN at END AS start_at,
+                           CASE WHEN kind = 'commit' THEN at END AS commit_at
+                      FROM activity_cardmoment
+                    UNION ALL
+                    SELECT deployment_id, card_id, deployed_at, 1, NULL, NULL
+                      FROM rollups_named
+                     WHERE delivers) timeline
+            WINDOW running AS (PARTITION BY card_id ORDER BY moment, ord
+                               ROWS UNBOUNDED PRECEDING)) m
+      JOIN activity_cardflow f ON f.card_id = m.card_id
+      JOIN boards_card c ON c.id = m.card_id
+      JOIN boards_board b ON b.id = c.board_id
+     WHERE m.deployment_id IS NOT NULL
+     ORDER BY m.deployment_id, m.card_id""",
+    # Daily rollups, each (service, UTC day) with anything in it, in one pass.
+    f"""
+    INSERT INTO activity_dailyrollup (board_id, day, deployments, failed_deployments,
+                                      cards_deployed, lead_time_p50, lead_time_p85,
+                                      cycle_time_p50, cycle_time_p85, rework)
+    WITH deployments AS (
+        SELECT board_id, (deployed_at AT TIME ZONE 'UTC')::date AS day, count(*) AS total,
+               count(*) FILTER (WHERE status = 'failed') AS failed
+          FROM activity_deployment
+         WHERE environment = 'production'
+         GROUP BY 1, 2),
+    delivered AS (
+        SELECT d.board_id, (d.deployed_at AT TIME ZONE 'UTC')::date AS day,
+               array_agg(dc.lead_time ORDER BY dc.lead_time) AS leads,
+               array_agg(dc.cycle_time ORDER BY dc.cycle_time)
+                   FILTER (WHERE dc.cycle_time IS NOT NULL) AS cycles
+          FROM activity_deploymentcard dc
+          JOIN activity_deployment d ON d.id = dc.deployment_id
+         WHERE d.environment = 'production'
+         GROUP BY 1, 2),
+    rework AS (
+        SELECT board_id, (occurred_at AT TIME ZONE 'UTC')::date AS day, count(*) AS total
+          FROM activity_rework
+         GROUP BY 1, 2),
+    days AS (
+        SELECT board_id, day FROM deployments
+        UNION SELECT board_id, day FROM delivered
+        UNION SELECT board_id, day FROM rework)
+    SELECT days.board_id, days.day, coalesce(dp.total, 0), coalesce(dp.failed, 0),
+           coalesce(cardinality(dl.leads), 0),
+           {_percentile_sql("dl.leads", 50)}, {_percentile_sql("dl.leads", 85)},
+           {_percentile_sql("dl.cycles", 50)}, {_percentile_sql("dl.cycles", 85)},
+           coalesce(rw.total, 0)
+      FROM days
+      LEFT JOIN deployments dp USING (board_id, day)
+      LEFT JOIN delivered dl USING (board_id, day)
+      LEFT JOIN rework rw USING (board_id, day)
+     ORDER BY 1, 2""",
+]

@@ -1,5 +1,6 @@
 """Request plumbing: a request id and client id per request, early refusal of oversized
-bodies, the services' refusals as clear 4xx pages, idempotent API retries, login required."""
+bodies, the services' refusals as clear 4xx pages, idempotent API retries, login required,
+and a clear 503 while the database is unreachable."""
 
 import hashlib
 import logging
@@ -7,11 +8,13 @@ import re
 import time
 import uuid
 
+import psycopg
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.conf import settings
 from django.contrib.auth.middleware import LoginRequiredMiddleware as DjangoLoginRequiredMiddleware
 from django.core.exceptions import PermissionDenied, ValidationError
-from django.db import transaction
+from django.core.signals import got_request_exception
+from django.db import DatabaseError, InterfaceError, OperationalError, transaction
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
 
@@ -21,6 +24,7 @@ from boards.models import IdempotencyKey
 from boards.tokens import token_authenticate
 
 request_logger = logging.getLogger("flux.request")
+logger = logging.getLogger(__name__)
 
 # What a request id or client id may look like when a caller supplies one: short, printable,
 # nothing a log line or a header could be split with.
@@ -84,7 +88,6 @@ class RequestContextMiddleware:
 
     def _leave(self, request: HttpRequest, response: HttpResponse, started: float):
         response["X-Request-ID"] = request.request_id
-        user = getattr(request, "user", None)
         request_logger.info(
             "%s %s %s",
             request.method,
@@ -95,7 +98,7 @@ class RequestContextMiddleware:
                 "path": request.path,
                 "status": response.status_code,
                 "duration_ms": round((time.perf_counter() - started) * 1000, 1),
-                "user_id": user.pk if user is not None and user.is_authenticated else None,
+                "user_id": _user_id(request),
             },
         )
         return response
@@ -104,6 +107,16 @@ class RequestContextMiddleware:
     def _reset(tokens) -> None:
         activity_log.client_id.reset(tokens[1])
         activity_log.request_id.reset(tokens[0])
+
+
+def _user_id(request: HttpRequest) -> int | None:
+    """The signed-in user's id for the log line; None when the user could not even be loaded
+    (the database is away: the answer is a 503, and the log line must not turn it into a 500)."""
+    user = getattr(request, "user", None)
+    try:
+        return user.pk if user is not None and user.is_authenticated else None
+    except (DatabaseError, psycopg.Error):
+        return None
 
 
 def _body_too_large(request_path: str, limit: int) -> HttpResponse:
@@ -283,3 +296,121 @@ class LoginRequiredMiddleware(DjangoLoginRequiredMiddleware):
         if request.path.startswith(IdempotencyMiddleware.PREFIX):
             return None
         return super().process_view(request, view_func, view_args, view_kwargs)
+
+
+# --- The database away ------------------------------------------------------------------------
+
+DATABASE_RETRY_AFTER = 5  # seconds: a restart or failover of PostgreSQL takes about that
+
+
+def database_unavailable(exception: BaseException) -> bool:
+    """The database could not be reached or dropped the connection (Django's wrapped errors,
+    psycopg's own, and a pool that had no connection to give within its timeout)."""
+    return isinstance(exception, OperationalError | InterfaceError | psycopg.OperationalError)
+
+
+def database_unavailable_response(request: HttpRequest) -> HttpResponse:
+    """503 with Retry-After: problem+json under /api/, a short plain page elsewhere."""
+    detail = (
+        "Flux cannot reach its database for a moment. Try again in a few seconds; if you were "
+        "saving a change, check afterwards whether it was applied."
+    )
+    if request.path.startswith(IdempotencyMiddleware.PREFIX):
+        response = JsonResponse(
+            {
+                "type": "https://flux.invalid/problems/unavailable",
+                "title": "Service unavailable",
+                "status": 503,
+                "detail": detail.replace(
+                    "check afterwards whether it was applied",
+                    "retry with the same Idempotency-Key and it applies once",
+                ),
+            },
+            status=503,
+            content_type="application/problem+json",
+        )
+    else:
+        response = HttpResponse(detail, status=503, content_type="text/plain; charset=utf-8")
+    response["Retry-After"] = str(DATABASE_RETRY_AFTER)
+    response["Cache-Control"] = "no-store"
+    return response
+
+
+class DatabaseUnavailableMiddleware:
+    """A request that fails because the database is away gets a 503 with Retry-After and a
+    clear message (problem+json under /api/), not a 500 and a traceback page.
+
+    A view's exception arrives in `process_exception`. One raised outside the view (another
+    middleware loading the session or the user, a session saved on the way out) has already
+    been turned into a 500 by Django when it reaches this middleware: the
+    `got_request_exception` signal marks such a request, and its 500 is replaced here. The
+    middleware must therefore sit near the top of MIDDLEWARE, outside everything that may
+    touch the database. Nothing of a failed request is kept: its transaction rolled back
+    (or, failing after the commit, the change is in the log and a retry gets a conflict).
+    """
+
+    sync_capable = True
+    async_capable = True
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+        if iscoroutinefunction(get_response):
+            markcoroutinefunction(self)
+
+    def __call__(self, request: HttpRequest):
+        if iscoroutinefunction(self):
+            return self._acall(request)
+        return self._replace(request, self.get_response(request))
+
+    async def _acall(self, request: HttpRequest):
+        return self._replace(request, await self.get_response(request))
+
+    @staticmethod
+    def _replace(request: HttpRequest, response: HttpResponse) -> HttpResponse:
+        if response.status_code == 500 and getattr(request, "flux_database_unavailable", False):
+            return database_unavailable_response(request)
+        return response
+
+    def process_view(self, request: HttpRequest, view_func, view_args, view_kwargs):
+        """Load the signed-in user (session and user rows) here, where a failure can still be
+        answered cleanly, rather than in LoginRequiredMiddleware or a view's first line. Views
+        that need no login (/healthz, /readyz, the login page) and the token API are left
+        alone: they report the database themselves."""
+        needs_login = getattr(view_func, "login_required", True)
+        if not needs_login or request.path.startswith(IdempotencyMiddleware.PREFIX):
+            return None
+        user = getattr(request, "user", None)
+        if user is None:
+            return None
+        try:
+            user.is_authenticated  # noqa: B018 - evaluates the lazy user
+        except Exception as exception:
+            if database_unavailable(exception):
+                return self.process_exception(request, exception)
+            raise
+        return None
+
+    def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:
+        if not database_unavailable(exception):
+            return None
+        logger.warning(
+            "database unavailable: %s %s answered 503 (%s: %s)",
+            request.method,
+            request.path,
+            type(exception).__name__,
+            str(exception).strip().splitlines()[0] if str(exception).strip() else "",
+        )
+        return database_unavailable_response(request)
+
+
+def _mark_database_unavailable(sender, request: HttpRequest | None = None, **kwargs) -> None:
+    """Django is about to answer 500 for an exception raised outside a view: note whether
+    the database was the cause (the exception being handled is the current one)."""
+    import sys
+
+    exception = sys.exception()
+    if request is not None and exception is not None and database_unavailable(exception):
+        request.flux_database_unavailable = True
+
+
+got_request_exception.connect(_mark_database_unavailable, dispatch_uid="flux-database-away")

@@ -62,6 +62,8 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     # First: every response, even a redirect to HTTPS, carries the request id.
     "flux.middleware.RequestContextMiddleware",
+    # Outside everything that may touch the database: a 503 with Retry-After when it is away.
+    "flux.middleware.DatabaseUnavailableMiddleware",
     "flux.middleware.BodySizeLimitMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
@@ -110,9 +112,23 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
     # Under ASGI, Django's persistent connections leak; psycopg's pool is the way to reuse
     # connections. DB_POOL_MAX_SIZE=0 turns it off (one connection per request).
     pool_size = int(os.environ.get("DB_POOL_MAX_SIZE", "10"))
+    # After a database restart the pooled connections are dead: `check` tests each one as it
+    # is handed out (an empty query) and replaces a broken one, so the first requests after
+    # the restart do not fail. A request waits at most DB_POOL_TIMEOUT seconds for a
+    # connection (then a 503 with Retry-After, flux.middleware.DatabaseUnavailableMiddleware),
+    # and a connection attempt gives up after DB_CONNECT_TIMEOUT seconds.
+    DATABASES["default"].setdefault("OPTIONS", {})
+    DATABASES["default"]["OPTIONS"]["connect_timeout"] = int(
+        os.environ.get("DB_CONNECT_TIMEOUT", "5")
+    )
     if pool_size:
-        DATABASES["default"]["OPTIONS"] = {
-            "pool": {"min_size": 1, "max_size": pool_size, "timeout": 10}
+        from psycopg_pool import ConnectionPool
+
+        DATABASES["default"]["OPTIONS"]["pool"] = {
+            "min_size": 1,
+            "max_size": pool_size,
+            "timeout": float(os.environ.get("DB_POOL_TIMEOUT", "5")),
+            "check": ConnectionPool.check_connection,
         }
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # WAL lets the board be read while a write is in flight; IMMEDIATE takes the write
@@ -166,15 +182,52 @@ CELERY_BROKER_URL = REDIS_URL or "memory://localhost/"
 CELERY_RESULT_BACKEND = None
 CELERY_TASK_ALWAYS_EAGER = not REDIS_URL
 CELERY_TASK_EAGER_PROPAGATES = True
+# Reliability (README, Operations > Reliability). A task is acknowledged only once it has
+# run, and a task whose worker died (SIGKILL, OOM) is given back to the queue; every task is
+# idempotent, so running one twice is harmless. With Redis the broker cannot see a worker die:
+# a fetched, unacknowledged task is delivered again once CELERY_VISIBILITY_TIMEOUT seconds
+# have passed since it was fetched. That must be longer than the longest task (a rollup of a
+# huge backlog takes a minute or two; a second delivery meanwhile would only wait for the
+# first on the rollups' cursor lock) and short enough for a lost task to come back soon. The
+# rollups do not depend on it: beat asks for them every ROLLUPS_EVERY_SECONDS anyway.
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
-CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600}
+CELERY_VISIBILITY_TIMEOUT = int(os.environ.get("CELERY_VISIBILITY_TIMEOUT", "900"))
+CELERY_BROKER_TRANSPORT_OPTIONS = {
+    "visibility_timeout": CELERY_VISIBILITY_TIMEOUT,
+    # How often a worker looks for tasks whose visibility timeout has passed (a cheap sorted
+    # set query): every 10 s, not kombu's default of every 100 s (interval x throttle).
+    "unacked_restore_interval": 10,
+    "unacked_restore_throttle": 1,
+    # A Redis that is down or unreachable is noticed within seconds, by a web process
+    # enqueueing a task as by the worker.
+    "socket_connect_timeout": 2,
+    "socket_timeout": 10,
+    "socket_keepalive": True,
+}
+CELERY_BROKER_CONNECTION_TIMEOUT = 2
+# The worker and beat wait out a Redis outage of any length (the default gives up after 100
+# attempts and exits), and retry at start-up too.
+CELERY_BROKER_CONNECTION_RETRY = True
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_BROKER_CONNECTION_MAX_RETRIES = None
+# Publishing retries briefly; a web request never waits long for Redis (activity.log).
+CELERY_TASK_PUBLISH_RETRY_POLICY = {
+    "max_retries": 2,
+    "interval_start": 0,
+    "interval_step": 0.2,
+    "interval_max": 0.5,
+}
 CELERY_TIMEZONE = "UTC"
 # The worker logs through LOGGING below (JSON lines), like the web processes.
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+ROLLUPS_EVERY_SECONDS = float(os.environ.get("ROLLUPS_EVERY_SECONDS", "60"))
 CELERY_BEAT_SCHEDULE = {
-    "rollups-every-minute": {"task": "activity.tasks.rollups_advance_task", "schedule": 60.0},
+    "rollups-every-minute": {
+        "task": "activity.tasks.rollups_advance_task",
+        "schedule": ROLLUPS_EVERY_SECONDS,
+    },
 }
 
 # --- Auth ---------------------------------------------------------------------------------
