@@ -9,3 +9,30 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "flux.settings")
 app = Celery("flux")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
+
+
+def _lost_connections_are_connection_errors() -> None:
+    """A worker that loses Redis must survive it, not die of an AttributeError.
+
+    kombu 5.7's Redis channel, once its connection is gone, still tries to reach Redis to
+    hand back unacknowledged tasks or to acknowledge a task that just finished; it then
+    fails looking up connection parameters on None (`make chaos` killed the worker both
+    ways). Raising a connection error there instead lets kombu's own handling take over:
+    the worker logs it, reconnects when Redis returns, and a task it could not acknowledge
+    is delivered again by the visibility sweep (CELERY_VISIBILITY_TIMEOUT). Every task is
+    idempotent, so running one twice is harmless.
+    """
+    from kombu.transport import redis as kombu_redis
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    connparams = kombu_redis.Channel._connparams
+
+    def _connparams(self, *args, **kwargs):
+        if self.connection is None:
+            raise RedisConnectionError("the connection to Redis is closed")
+        return connparams(self, *args, **kwargs)
+
+    kombu_redis.Channel._connparams = _connparams
+
+
+_lost_connections_are_connection_errors()
