@@ -26,7 +26,6 @@ from typing import Any
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import close_old_connections, connection, transaction
-from django.db.models import Max
 
 from activity.describe import event_describe
 from activity.models import Event
@@ -363,8 +362,11 @@ def events_since(*, board_id: int, after: int, limit: int = CATCH_UP_LIMIT) -> l
 
 
 def event_latest(*, board_id: int) -> int:
-    """The id of the board's newest event (0 when there is none), off the (board, id) index."""
-    return Event.objects.filter(board_id=board_id).aggregate(newest=Max("id"))["newest"] or 0
+    """The id of the board's newest event (0 when there is none): the end of its chain, off
+    the (board, seq) index, or for a board from before the chain, the highest id."""
+    events = Event.objects.filter(board_id=board_id)
+    newest = events.filter(seq__isnull=False).order_by("-seq").values_list("id", flat=True)
+    return newest.first() or events.order_by("-id").values_list("id", flat=True).first() or 0
 
 
 def sse(event: str, data: str, *, id: int | None = None) -> str:
