@@ -369,6 +369,13 @@ def event_latest(*, board_id: int) -> int:
     return newest.first() or events.order_by("-id").values_list("id", flat=True).first() or 0
 
 
+def _newest_by_id(*, board_id: int) -> int:
+    return (
+        Event.objects.filter(board_id=board_id).order_by("-id").values_list("id", flat=True).first()
+        or 0
+    )
+
+
 def sse(event: str, data: str, *, id: int | None = None) -> str:
     lines = [f"id: {id}"] if id is not None else []
     lines.append(f"event: {event}")
@@ -410,7 +417,9 @@ async def board_stream(spec: StreamSpec) -> AsyncIterator[str]:
         nonlocal last
         missed = await db(events_since, board_id=spec.board_id, after=last)
         if len(missed) > CATCH_UP_LIMIT:
-            last = missed[-1]["id"]
+            # Too much to replay: the page redraws its columns once, and the stream goes on
+            # from the board's newest event (by id: events written outside the chain count).
+            last = await db(_newest_by_id, board_id=spec.board_id)
             yield sse("reload", json.dumps({"last": last}), id=last)
             return
         for message in missed:

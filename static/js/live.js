@@ -53,7 +53,11 @@
     if (listening.has(source)) return;
     listening.add(source);
     source.addEventListener("change", (message) => receive(JSON.parse(message.data)));
-    source.addEventListener("reload", () => refresh(null));
+    source.addEventListener("reload", (message) => {
+      last = Math.max(last, JSON.parse(message.data).last || 0);
+      live.dataset.last = String(last);
+      refresh(null);
+    });
     source.addEventListener("revoked", () => {
       source.close();
       window.location.assign("/");
