@@ -360,3 +360,37 @@ def test_one_process_holds_hundreds_of_idle_streams_without_a_thread_each(
     thread.join(30)
     assert len(received) == streams
     assert threads_during - threads_before < 20, (threads_before, threads_during)
+
+
+@pytest.mark.sqlite
+def test_without_redis_the_hub_carries_committed_changes_within_the_process(settings, board, bob):
+    """`make run` has no Redis: a change committed on a request thread reaches the streams
+    that this process's event loop serves."""
+    settings.REDIS_URL = ""
+    card = make_card(board, title="Local")
+    received: list[dict] = []
+
+    async def listen(opened: threading.Event, done: threading.Event):
+        queue = live.hub().subscribe(board.pk, lambda viewers: "")
+        opened.set()
+        while True:
+            message = await asyncio.wait_for(queue.get(), timeout=5)
+            if message.get("card") == card.pk:
+                received.append(message)
+                done.set()
+                return
+
+    opened, done = threading.Event(), threading.Event()
+    loop_thread = threading.Thread(target=lambda: asyncio.run(listen(opened, done)))
+    loop_thread.start()
+    assert opened.wait(5)
+    services.card_move(
+        actor=as_actor(bob),
+        card_id=card.pk,
+        to_column_id=column(board, "In Review").pk,
+        expected_version=None,
+    )
+    assert done.wait(5)
+    loop_thread.join(5)
+    assert received[0]["kind"] == "card.moved"
+    assert received[0]["text"] == f"bob moved {card.ref} from To Do to In Review"
