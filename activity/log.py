@@ -5,13 +5,14 @@ and its event commit or roll back together (invariant 1 in DESIGN.md).
 """
 
 import logging
+from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from django.db import transaction
+from django.db import models, transaction
 
-from activity import clock, live
+from activity import clock, events, live
 from activity.models import Event, Source
 
 logger = logging.getLogger(__name__)
@@ -24,8 +25,6 @@ client_id: ContextVar[str] = ContextVar("flux_client_id", default="")
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import AbstractBaseUser
-
-    from boards.models import Board, Card
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,63 +61,51 @@ class NotInTransactionError(RuntimeError):
 def record(
     *,
     actor: Actor,
-    board: "Board",
-    kind: str,
-    payload: dict[str, Any],
-    card: "Card | None" = None,
+    board: models.Model,
+    event: events.Payload,
+    card: models.Model | None = None,
 ) -> Event:
-    """Append one event for a change made in the current transaction."""
+    """Append one event for a change made in the current transaction.
+
+    `event` is an entry of the catalogue (`activity.events`): its class names the kind, its
+    fields are the payload.
+    """
     if not transaction.get_connection().in_atomic_block:
-        raise NotInTransactionError(f"record({kind!r}) called outside a transaction")
+        raise NotInTransactionError(f"record({event.kind!r}) called outside a transaction")
     user = actor.user if actor.user is not None and actor.user.is_authenticated else None
-    if _delivers(kind, payload):
-        _once_on_commit(_rollups_soon)
-    event = Event.objects.create(
+    recorded = Event.objects.create(
         occurred_at=clock.now(),
         actor=user,
         actor_name=actor.display_name[:150],
         source=actor.source,
         board=board,
         card=card,
-        kind=kind,
-        payload=payload,
+        kind=event.kind,
+        payload=event.to_payload(),
         request_id=request_id.get()[:64],
     )
-    live.event_recorded(event, card=card, client=client_id.get())
-    return event
+    live.event_recorded(recorded, card=card, client=client_id.get())
+    for listener in _listeners:
+        listener(recorded)
+    return recorded
 
 
-def _delivers(kind: str, payload: dict[str, Any]) -> bool:
-    """A card reached Deployed, or a deployment was recorded: the rollups should catch up."""
-    if kind == "deployment.recorded":
-        return True
-    return kind == "card.moved" and payload.get("to", {}).get("stage") == "deployed"
+def listener_add(listener: Callable[[Event], None]) -> None:
+    """Call `listener(event)` for every event recorded from now on, inside its transaction.
+
+    How the layers above the log (the delivery projections, notifications) learn of new
+    events without the log knowing them: each registers from its AppConfig.ready(). A
+    listener that wants to act after commit uses `once_on_commit`.
+    """
+    if listener not in _listeners:
+        _listeners.append(listener)
 
 
-def _once_on_commit(func) -> None:
+_listeners: "list[Callable[[Event], None]]" = []
+
+
+def once_on_commit(func: Callable[[], None]) -> None:
     """Run `func` after the current transaction commits, once however often it is asked."""
     pending = transaction.get_connection().run_on_commit
     if not any(callback is func for _, callback, _ in pending):
         transaction.on_commit(func)
-
-
-def _rollups_soon() -> None:
-    """Ask a worker to bring the rollups up to date, without holding the request up for long.
-
-    One publish attempt, no retries: when Redis is down the request pays one failed connection
-    (fractions of a second), and then, for `pause` seconds, nothing at all: this process does
-    not try again until the pause is over. Nothing is lost either way: the periodic run
-    (beat) applies every event committed meanwhile.
-    """
-    import time
-
-    from activity.tasks import rollups_advance_task
-
-    pause = 10.0
-    if time.monotonic() < getattr(_rollups_soon, "paused_until", 0.0):
-        return
-    try:
-        rollups_advance_task.apply_async(retry=False)
-    except Exception:  # the broker is down: the periodic run catches up instead
-        _rollups_soon.paused_until = time.monotonic() + pause
-        logger.warning("could not enqueue the rollups; beat will catch up", exc_info=True)

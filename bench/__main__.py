@@ -134,7 +134,7 @@ def _run(quick: bool, wanted) -> tuple[list, dict]:
             figures += run.api_deployments(server, token, dep, scale["repeat"])
         if wanted("export"):
             print("csv export ...")
-            from activity.models import Deployment, DeploymentCard
+            from delivery.models import Deployment, DeploymentCard
 
             expected = (
                 DeploymentCard.objects.count()

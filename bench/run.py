@@ -307,8 +307,8 @@ def api_deployments(server: Server, token: str, built, repeat: int) -> list:
 
 def export_csv(server: Server, token: str, expected_rows: int) -> list:
     """Every board's deployment history over HTTP (the API, as a CI job would fetch it)."""
-    from activity.export import ExportFilter, copy_query
     from boards.models import Board
+    from delivery.export import ExportFilter, copy_query
 
     client = Client(server.port)
     peak = {"rss": 0.0}
@@ -365,7 +365,7 @@ def export_csv(server: Server, token: str, expected_rows: int) -> list:
 
 
 def rollups(events: int, incremental_builder) -> list:
-    from activity.rollups import events_pending, rollups_advance, rollups_rebuild
+    from delivery.rollups import events_pending, rollups_advance, rollups_rebuild
 
     started = time.perf_counter()
     rollups_rebuild()

@@ -11,7 +11,6 @@ from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.http import HttpRequest
 
-from activity.export import ExportFilter, deployments_csv_response
 from activity.log import Actor
 from activity.models import Source
 from boards import services
@@ -73,14 +72,7 @@ class BoardAdmin(ServiceAdminMixin, admin.ModelAdmin):
     list_display = ["name", "key", "created_at"]
     search_fields = ["name", "key"]
     inlines = [ColumnInline, MembershipInline]
-    actions = ["export_deployments"]
-
-    @admin.action(description="Export deployment history (CSV)")
-    def export_deployments(self, request, queryset):
-        scope = ExportFilter(board_ids=frozenset(queryset.values_list("pk", flat=True)))
-        return deployments_csv_response(
-            request=request, scope=scope, filename="flux-deployments.csv"
-        )
+    actions: list = []  # the apps above add theirs (delivery: export deployment history)
 
     def get_readonly_fields(self, request, obj=None):
         return ["key", "created_at"] if obj else ["created_at"]
@@ -295,7 +287,7 @@ class CardAdmin(ServiceAdminMixin, admin.ModelAdmin):
                 card_id=card.pk,
                 to_column_id=data["column"].pk,
                 expected_version=card.version,
-            )
+            ).card
         if data["archived"] and not card.archived:
             services.card_archive(actor=actor, card_id=card.pk)
 

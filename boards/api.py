@@ -15,7 +15,7 @@ from ninja.responses import Status
 from boards import queries, services
 from boards.errors import NotFoundError
 from boards.models import BOARD_KEY_RE, Board, Card, Column, LabelKind, Role, Stage
-from flux.problems import ERRORS, WRITE_ERRORS, IsoDate, IsoDateTime
+from boards.problems import ERRORS, WRITE_ERRORS, IsoDate, IsoDateTime
 
 User = get_user_model()
 router = Router(tags=["boards"])
@@ -341,14 +341,13 @@ def card_move(request: HttpRequest, ref: str, payload: MoveIn):
     column = _column_for(board, payload.to)
     card = services.card_move(
         actor=request.actor,
-        board_key=board.key,
-        number=number,
+        card_ref=(board.key, number),
         to_column_id=column.pk,
         expected_version=payload.expected_version,
         after_id=_neighbour(board, payload.after),
         before_id=_neighbour(board, payload.before),
         stay_if_in_column=True,
-    )
+    ).card
     # The move leaves labels and people as they were: read just those for the answer.
     prefetch_related_objects([card], "labels", "assignees")
     return _card_out(card)

@@ -1,32 +1,6 @@
-from django.urls import path, register_converter
+from django.urls import path
 
 from boards import views
-
-
-class BoardKey:
-    regex = "[A-Za-z][A-Za-z0-9]{1,9}"
-
-    def to_python(self, value: str) -> str:
-        return value.upper()
-
-    def to_url(self, value: str) -> str:
-        return value
-
-
-class Number:
-    """Card numbers and column ids, short enough for any integer column."""
-
-    regex = "[0-9]{1,18}"
-
-    def to_python(self, value: str) -> int:
-        return int(value)
-
-    def to_url(self, value: int) -> str:
-        return str(value)
-
-
-register_converter(BoardKey, "key")
-register_converter(Number, "n")
 
 app_name = "boards"
 

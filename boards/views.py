@@ -219,8 +219,7 @@ def card_move_view(request: HttpRequest, key: str, number: int) -> HttpResponse:
     try:
         moved = services.card_move(
             actor=_actor(request),
-            board_key=key,
-            number=number,
+            card_ref=(key, number),
             to_column_id=data["to_column"],
             expected_version=data["version"],
             after_id=data["after"],
@@ -245,30 +244,32 @@ def card_move_view(request: HttpRequest, key: str, number: int) -> HttpResponse:
         return _columns_response(
             request, board=board, column_ids=None, toast=text, tone="error", status=status
         )
-    board, column = moved.board, moved.column
-    toast, tone = f"{moved.ref} moved to {column.name}.", "info"
-    over_limit = column.wip_limit is not None and column.count > column.wip_limit
-    if over_limit and moved.moved_from.pk != column.pk:
-        toast += f" {column.name} is over its WIP limit ({column.count}/{column.wip_limit})."
+    card, column, count = moved.card, moved.to_column, moved.to_count
+    board = card.board
+    board.role = moved.actor_role  # what the redrawn columns offer (as queries.board_get sets)
+    toast, tone = f"{card.ref} moved to {column.name}.", "info"
+    over_limit = column.wip_limit is not None and count > column.wip_limit
+    if over_limit and moved.changed_column:
+        toast += f" {column.name} is over its WIP limit ({count}/{column.wip_limit})."
         tone = "warning"
     if not request.htmx:
         return _after_post(request, board, toast)
     if request.headers.get("X-Flux-Placed") == "1" and not _filters(request).active:
         # The page has already put the card where it asked (a drag, or the keyboard): confirm
         # with the two columns' new counts and the card's new version, not the columns again.
-        heads = [queries.ColumnView(column=moved.moved_from, count=moved.moved_from.count)]
-        if moved.moved_from.pk != column.pk:
-            heads.append(queries.ColumnView(column=column, count=column.count))
+        heads = [queries.ColumnView(column=moved.from_column, count=moved.from_count)]
+        if moved.changed_column:
+            heads.append(queries.ColumnView(column=column, count=count))
         for head in heads:
             head.total = head.count
         context = {"board": board, "heads": heads, "toast": toast, "tone": tone}
         response = _render(request, f"{BOARD}#move-placed", context)
         response["HX-Trigger"] = json.dumps(
-            {"flux:moved": {"card": moved.pk, "version": moved.version}}
+            {"flux:moved": {"card": card.pk, "version": card.version}}
         )
         return response
     columns = queries.columns_view(
-        board=board, column_ids=list({moved.moved_from.pk, column.pk}), filters=_filters(request)
+        board=board, column_ids=list({moved.from_column.pk, column.pk}), filters=_filters(request)
     )
     return _columns_response(
         request, board=board, column_ids=None, columns=columns, toast=toast, tone=tone

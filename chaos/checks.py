@@ -126,8 +126,9 @@ def rollups_caught_up() -> bool:
     """Every committed event has been applied (the cursor's watermark is past them all)."""
     from django.db.models import Max
 
-    from activity.models import Event, ProjectionCursor
-    from activity.rollups import CURSOR
+    from activity.models import Event
+    from delivery.models import ProjectionCursor
+    from delivery.rollups import CURSOR
 
     newest = Event.objects.aggregate(top=Max("txid"))["top"] or 0
     cursor = ProjectionCursor.objects.filter(name=CURSOR).first()
@@ -149,8 +150,8 @@ def wait_caught_up(timeout: float) -> float | None:
 
 def projections_dump() -> dict[str, list[tuple]]:
     """Every projection row without its id, a deployment card by its deployment's event."""
-    from activity.models import DeploymentCard
-    from activity.rollups import PROJECTIONS
+    from delivery.models import DeploymentCard
+    from delivery.rollups import PROJECTIONS
 
     dump = {}
     for model in PROJECTIONS:

@@ -285,10 +285,10 @@ def pg(stack: Stack) -> Scenario:
 
 
 def worker(stack: Stack) -> Scenario:
-    from activity.models import ProjectionCursor
-    from activity.rollups import CURSOR, events_pending
-    from activity.tasks import rollups_advance_task
     from bench import data
+    from delivery.models import ProjectionCursor
+    from delivery.rollups import CURSOR, events_pending
+    from delivery.tasks import rollups_advance_task
 
     scenario = Scenario("worker SIGKILL mid-rollup")
     for beat in stack.beats:  # only a redelivery may finish the work

@@ -211,11 +211,13 @@ def _service_refusal(request, error: FluxError):
 
 
 def _mount() -> None:
-    from activity.api import router as activity_router
     from boards.api import router as boards_router
+    from delivery.api import router as delivery_router
+    from history.api import router as history_router
 
     api.add_router("", boards_router)
-    api.add_router("", activity_router)
+    api.add_router("", history_router)
+    api.add_router("", delivery_router)
 
 
 _mount()

@@ -57,6 +57,8 @@ INSTALLED_APPS = [
     "ninja",
     "activity",
     "boards",
+    "history",
+    "delivery",
 ]
 
 MIDDLEWARE = [
@@ -225,7 +227,7 @@ CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 ROLLUPS_EVERY_SECONDS = float(os.environ.get("ROLLUPS_EVERY_SECONDS", "60"))
 CELERY_BEAT_SCHEDULE = {
     "rollups-every-minute": {
-        "task": "activity.tasks.rollups_advance_task",
+        "task": "delivery.tasks.rollups_advance_task",
         "schedule": ROLLUPS_EVERY_SECONDS,
     },
 }

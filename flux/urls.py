@@ -5,7 +5,10 @@ from django.urls import include, path
 from boards import views as boards_views
 from flux import views
 from flux.api import api
+from flux.converters import converters_register
 from flux.login import LoginView, ThrottledAdminAuthenticationForm
+
+converters_register()
 
 admin.site.site_header = "Flux administration"
 admin.site.site_title = "Flux admin"
@@ -31,6 +34,7 @@ urlpatterns = [
     path("api/v1/", api.urls),
     path("accounts/", include(accounts)),
     path("settings/tokens/", boards_views.token_settings, name="tokens"),
-    path("", include("activity.urls")),
+    path("", include("delivery.urls")),
+    path("", include("history.urls")),
     path("", include("boards.urls")),
 ]

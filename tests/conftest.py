@@ -15,10 +15,11 @@ from django.db.models import Max
 
 from activity import dbtriggers
 from activity.log import Actor
-from activity.models import Event, ProjectionCursor
-from activity.rollups import CURSOR, rollups_advance
+from activity.models import Event
 from boards import services
 from boards.models import Board, Card, Column, Role
+from delivery.models import ProjectionCursor
+from delivery.rollups import CURSOR, rollups_advance
 from tests.servers import AppServer, test_database_url
 
 User = get_user_model()

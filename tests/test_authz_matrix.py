@@ -236,29 +236,29 @@ MATRIX: dict[str, list[Call]] = {
         Call("GET", lambda w: "/b/PAY/live/changes?after=1", BOARD_READ),
     ],
     # --- activity (insights, services, exports) ---
-    "activity:insights": [Call("GET", lambda w: "/b/PAY/insights/", BOARD_READ)],
-    "activity:board-csv": [Call("GET", lambda w: "/b/PAY/insights/deployments.csv", BOARD_READ)],
+    "delivery:insights": [Call("GET", lambda w: "/b/PAY/insights/", BOARD_READ)],
+    "delivery:board-csv": [Call("GET", lambda w: "/b/PAY/insights/deployments.csv", BOARD_READ)],
     # History: time travel, the board's activity feed, one person's activity.
-    "activity:history": [
+    "history:history": [
         Call("GET", lambda w: "/b/PAY/history/", BOARD_READ),
         Call("GET", lambda w: "/b/PAY/history/?t=1900000000", BOARD_READ, htmx=True),
         Call("GET", lambda w: "/b/PAY/history/?at=nonsense", BOARD_READ),
         Call("GET", lambda w: f"/b/PAY/history/?event={w.first_event_id()}", BOARD_READ),
     ],
-    "activity:activity": [
+    "history:activity": [
         Call("GET", lambda w: "/b/PAY/activity/", BOARD_READ),
         Call("GET", lambda w: "/b/PAY/activity/?before=999", BOARD_READ, htmx=True),
     ],
-    "activity:user-activity": [
+    "history:user-activity": [
         # bob (the editor) is visible to those who share a board with him, and to staff.
         Call("GET", lambda w: "/people/bob/activity/", statuses(LOGIN, 404, 200, 200, 200, 200)),
         Call("GET", lambda w: "/people/nobody/activity/", statuses(LOGIN, *[404] * 5)),
     ],
-    "activity:services": [
+    "delivery:services": [
         Call("GET", lambda w: "/services/", SIGNED_IN),
         Call("GET", lambda w: "/services/?release=v1", SIGNED_IN, htmx=True),
     ],
-    "activity:services-csv": [Call("GET", lambda w: "/services/deployments.csv", SIGNED_IN)],
+    "delivery:services-csv": [Call("GET", lambda w: "/services/deployments.csv", SIGNED_IN)],
     # --- API (tokens; a session alone is not enough: see test_a_session_does_not_open_the_api)
     "api:api-root": [Call("GET", lambda w: "/api/v1/", statuses(*[404] * 6), api=True)],
     "api:openapi-json": [Call("GET", lambda w: "/api/v1/openapi.json", PUBLIC, api=True)],

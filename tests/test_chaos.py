@@ -113,7 +113,7 @@ def test_pooled_connections_are_checked_before_use_so_a_restart_breaks_no_reques
 
 
 def test_a_task_whose_worker_dies_is_delivered_again():
-    import activity.tasks  # noqa: F401 - registers the task
+    import delivery.tasks  # noqa: F401 - registers the task
     from flux.celery import app
 
     conf = app.conf
@@ -126,5 +126,5 @@ def test_a_task_whose_worker_dies_is_delivered_again():
     assert options["unacked_restore_interval"] * options["unacked_restore_throttle"] <= 30
     # The worker waits out a Redis outage instead of exiting after 100 attempts.
     assert conf.broker_connection_max_retries is None
-    task = app.tasks["activity.tasks.rollups_advance_task"]
+    task = app.tasks["delivery.tasks.rollups_advance_task"]
     assert task.acks_late and task.reject_on_worker_lost

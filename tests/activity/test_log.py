@@ -3,6 +3,7 @@
 import pytest
 from django.db import DatabaseError, connection, transaction
 
+from activity import events
 from activity.log import Actor, NotInTransactionError, record
 from activity.models import AppendOnlyError, Event
 from tests.conftest import make_card
@@ -76,7 +77,11 @@ def test_postgresql_stamps_each_event_with_its_transaction_id(board):
 @pytest.mark.django_db(transaction=True)
 def test_an_event_cannot_be_written_outside_a_transaction(board, alice):
     with pytest.raises(NotInTransactionError):
-        record(actor=Actor(user=alice), board=board, kind="card.forged", payload={})
+        record(
+            actor=Actor(user=alice),
+            board=board,
+            event=events.CommentAdded(ref="PAY-1", comment_id=1, body="outside"),
+        )
 
 
 @pytest.mark.sqlite

@@ -220,7 +220,7 @@ def test_moves_into_different_columns_of_one_board_wait_only_for_the_log(board, 
         assert not moved
         release.set()
         threads[1].join(10)
-        assert moved and moved[0].column.name == "In Review"
+        assert moved and moved[0].to_column.name == "In Review"
     finally:
         release.set()
         for thread in threads:

@@ -258,7 +258,7 @@ def test_moves_place_cards_exactly_where_asked(seeded, bob):
     actor = as_actor(bob)
     c = services.card_move(
         actor=actor, card_id=c.pk, to_column_id=c.column_id, expected_version=c.version
-    )
+    ).card
     assert column_titles(board, "To Do") == ["c", "Settle refunds", "a", "b"]
     services.card_move(
         actor=actor,
@@ -310,6 +310,7 @@ def test_moving_a_card_to_where_it_already_is_writes_nothing(seeded, bob):
     same = services.card_move(
         actor=as_actor(bob), card_id=card.pk, to_column_id=card.column_id, expected_version=1
     )
+    assert not same.moved
     services.card_move(
         actor=as_actor(bob),
         card_id=other.pk,
@@ -317,7 +318,7 @@ def test_moving_a_card_to_where_it_already_is_writes_nothing(seeded, bob):
         expected_version=other.version,
         after_id=card.pk,
     )
-    assert same.version == card.version
+    assert same.card.version == card.version
     assert snapshot_state() == before
 
 

@@ -1,0 +1,62 @@
+"""REST route for a board's activity log: stable order, paginated by event id."""
+
+import datetime
+
+from django.http import HttpRequest
+from ninja import Field, Query, Router, Schema
+
+from activity.models import Event
+from boards import queries
+from boards.problems import ERRORS
+
+router = Router(tags=["activity"])
+
+
+class EventOut(Schema):
+    id: int
+    occurred_at: datetime.datetime
+    kind: str
+    actor: str
+    source: str
+    card: str | None
+    payload: dict
+
+
+class EventPage(Schema):
+    items: list[EventOut]
+    next_after: int | None = Field(
+        description="Pass as `after` for the next page; null at the end."
+    )
+
+
+class EventQuery(Schema):
+    after: int = Field(0, ge=0, le=9_223_372_036_854_775_807, description="Events after this id.")
+    limit: int = Field(100, ge=1, le=1000)
+
+
+@router.get("/boards/{key}/events", response={200: EventPage, **ERRORS})
+def event_list(request: HttpRequest, key: str, page: Query[EventQuery]):
+    """The board's events in id order, oldest first, `limit` at a time after `after`."""
+    board = queries.board_get(actor=request.actor, key=key)
+    events = list(
+        Event.objects.filter(board=board, pk__gt=page.after)
+        .select_related("card")
+        .order_by("pk")[: page.limit + 1]
+    )
+    more = len(events) > page.limit
+    events = events[: page.limit]
+    return EventPage(
+        items=[
+            EventOut(
+                id=event.pk,
+                occurred_at=event.occurred_at,
+                kind=event.kind,
+                actor=event.actor_name,
+                source=event.source,
+                card=f"{board.key}-{event.card.number}" if event.card_id else None,
+                payload=event.payload,
+            )
+            for event in events
+        ],
+        next_after=events[-1].pk if more else None,
+    )

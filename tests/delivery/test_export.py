@@ -1,0 +1,224 @@
+"""The deployment history CSV: content, permissions, formula neutralisation, flat memory."""
+
+import csv
+import datetime
+import io
+import tracemalloc
+
+import pytest
+from django.test import Client
+from django.utils import timezone
+
+from activity.log import Actor
+from activity.models import Event
+from boards import services
+from boards.tokens import token_create
+from delivery.export import ExportFilter, csv_lines, deployment_rows
+from delivery.models import Deployment, DeploymentCard
+from tests.conftest import as_actor, make_card, rollups_settle
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def read_csv(response) -> list[dict]:
+    body = b"".join(response.streaming_content).decode()
+    assert body.endswith("\r\n")
+    return list(csv.DictReader(io.StringIO(body)))
+
+
+def api_get(user, path):
+    _, secret = token_create(actor=Actor(user=user), user=user, name="export")
+    return Client().get(path, headers={"Authorization": f"Bearer {secret}"})
+
+
+@pytest.fixture
+def deployed(board, bob, alice):
+    hostile = make_card(board, title='=HYPERLINK("http://evil","click")', column_name="Staging")
+    plain = make_card(board, title='Refunds, "quoted"\nand multi-line', column_name="Staging")
+    label = services.label_create(actor=as_actor(bob), board_id=board.pk, name="@risky")
+    services.card_label_add(actor=as_actor(bob), card_id=hostile.pk, label_id=label.pk)
+    services.deployment_record(
+        actor=Actor(user=bob, source="api", name="ci"), board_id=board.pk, version="-1+1",
+        environment="production", status="success", card_numbers=[hostile.number, plain.number],
+        commits=[services.Commit(sha="abc1234", timestamp=timezone.now())],
+    )  # fmt: skip
+    services.deployment_record(
+        actor=Actor(user=bob, source="api", name="ci"), board_id=board.pk, version="2",
+        environment="production", status="failed", card_numbers=[],
+    )  # fmt: skip
+    other = services.board_create(actor=as_actor(alice), name="Secret", key="SEC")
+    secret = make_card(other, title="Secret card", column_name="Staging")
+    services.deployment_record(
+        actor=as_actor(alice), board_id=other.pk, version="9", environment="production",
+        status="success", card_numbers=[secret.number],
+    )  # fmt: skip
+    rollups_settle()
+    return board
+
+
+def test_one_row_per_card_deployment_with_every_column(deployed, bob):
+    rows = read_csv(api_get(bob, "/api/v1/deployments.csv"))
+    assert [(r["service_key"], r["card_ref"], r["status"]) for r in rows] == [
+        ("PAY", "PAY-1", "success"),
+        ("PAY", "PAY-2", "success"),
+        ("PAY", "", "failed"),
+    ]
+    first = rows[0]
+    assert first["service_name"] == "Payments"
+    assert first["environment"] == "production"
+    assert first["source"] == "api"
+    assert first["actor"] == "ci"
+    assert first["commit_shas"] == "abc1234"
+    assert first["deployed_at"].endswith("Z")
+    assert int(first["lead_time_seconds"]) >= 0
+    assert rows[1]["card_title"] == 'Refunds, "quoted"\nand multi-line'
+
+
+def test_cells_that_look_like_formulas_are_neutralised(deployed, bob):
+    rows = read_csv(api_get(bob, "/api/v1/deployments.csv?board=PAY"))
+    assert rows[0]["card_title"] == '\'=HYPERLINK("http://evil","click")'
+    assert rows[0]["version"] == "'-1+1"
+    assert rows[0]["labels"] == "'-1+1 @risky"
+    for row in rows:
+        for value in row.values():
+            assert not value.startswith(("=", "+", "-", "@", "\t", "\r"))
+
+
+def test_only_permitted_boards_are_exported(deployed, bob, mallory):
+    assert "SEC" not in {
+        r["service_key"] for r in read_csv(api_get(bob, "/api/v1/deployments.csv"))
+    }
+    assert api_get(bob, "/api/v1/deployments.csv?board=SEC").status_code == 404
+    assert read_csv(api_get(mallory, "/api/v1/deployments.csv")) == []
+
+
+def test_filters_by_time_and_release(deployed, bob):
+    assert {r["version"] for r in read_csv(api_get(bob, "/api/v1/deployments.csv?release=2"))} == {
+        "2"
+    }
+    future = (timezone.now() + datetime.timedelta(days=1)).isoformat().replace("+00:00", "Z")
+    assert read_csv(api_get(bob, f"/api/v1/deployments.csv?since={future}")) == []
+
+
+def test_a_large_export_streams_in_flat_memory(board, bob):
+    """100,000 rows cost no more memory than 10,000: rows are streamed, never collected."""
+    cards = [make_card(board, title=f"card {i}", column_name="Staging") for i in range(100)]
+    now = timezone.now()
+    events = Event.objects.bulk_create(
+        Event(occurred_at=now, actor_name="ci", source="api", board=board,
+              kind="deployment.imported", payload={})
+        for _ in range(1000)
+    )  # fmt: skip
+    deployments = Deployment.objects.bulk_create(
+        Deployment(event=e, board=board, kind="ci", version=f"v{i}", environment="production",
+                   status="success", deployed_at=now, source="api", actor_name="ci")
+        for i, e in enumerate(events)
+    )  # fmt: skip
+    DeploymentCard.objects.bulk_create(
+        DeploymentCard(deployment=d, card=c, card_ref=c.ref, created_at=now, deployed_at=now,
+                       lead_time=60.0, cycle_time=30.0, card_lead_time=90.0)
+        for d in deployments for c in cards
+    )  # fmt: skip
+
+    def peak_while_streaming(since_version: int) -> tuple[int, int]:
+        scope = ExportFilter(board_ids=frozenset([board.pk]))
+        rows = deployment_rows(scope=scope)
+        if since_version:
+            rows = rows.filter(version__in=[f"v{i}" for i in range(since_version)])
+        tracemalloc.start()
+        count = sum(1 for _ in csv_lines(rows.iterator(chunk_size=2000))) - 1
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        return count, peak
+
+    small_rows, small_peak = peak_while_streaming(100)
+    big_rows, big_peak = peak_while_streaming(0)
+    assert (small_rows, big_rows) == (10_000, 100_000)
+    assert big_peak < 1.5 * small_peak + 512 * 1024
+    print(f"export peak memory: {small_peak / 1e6:.1f} MB at 10k rows, {big_peak / 1e6:.1f} MB "
+          f"at 100k rows")  # fmt: skip
+
+
+def test_staff_export_selected_boards_from_the_admin(deployed, client, staff):
+    client.force_login(staff)
+    response = client.post(
+        "/admin/boards/board/",
+        {"action": "export_deployments", "_selected_action": [deployed.pk]},
+    )
+    assert response["Content-Type"].startswith("text/csv")
+    rows = read_csv(response)
+    assert {r["service_key"] for r in rows} == {"PAY"}
+    assert len(rows) == 3
+
+
+def test_members_download_from_the_insights_and_services_pages(deployed, client, bob, mallory):
+    client.force_login(bob)
+    board_rows = read_csv(client.get("/b/PAY/insights/deployments.csv"))
+    assert {r["service_key"] for r in board_rows} == {"PAY"}
+    every = read_csv(client.get("/services/deployments.csv"))
+    assert {r["service_key"] for r in every} == {"PAY"}  # SEC is not bob's
+    assert "/b/PAY/insights/deployments.csv" in client.get("/b/PAY/insights/").content.decode()
+    client.force_login(mallory)
+    assert client.get("/b/PAY/insights/deployments.csv").status_code == 404
+    assert read_csv(client.get("/services/deployments.csv")) == []
+
+
+def test_under_asgi_the_export_is_sent_block_by_block(deployed, bob):
+    """Django drains a sync iterator into memory under ASGI; the export hands it async blocks."""
+    from asgiref.sync import async_to_sync
+    from django.test import AsyncClient
+
+    _, secret = token_create(actor=Actor(user=bob), user=bob, name="asgi")
+
+    async def fetch():
+        response = await AsyncClient().get(
+            "/api/v1/deployments.csv", headers={"Authorization": f"Bearer {secret}"}
+        )
+        blocks = [block async for block in response.streaming_content]
+        return response, blocks
+
+    response, blocks = async_to_sync(fetch)()
+    assert response.is_async
+    rows = list(csv.DictReader(io.StringIO(b"".join(blocks).decode())))
+    assert [r["card_ref"] for r in rows] == ["PAY-1", "PAY-2", ""]
+
+
+@pytest.mark.parametrize("block_bytes", [1, 7, 256 * 1024])
+def test_postgresql_copy_writes_the_same_bytes_as_the_python_writer(
+    deployed, bob, monkeypatch, block_bytes
+):
+    """COPY formats in SQL what cell() formats in Python: the two must agree byte for byte,
+    including cells with quotes, line breaks, formula starts, half seconds and microseconds,
+    whatever the size of the blocks the rows are cut into."""
+    from django.db import connection
+
+    from delivery import export
+
+    if connection.vendor != "postgresql":
+        pytest.skip("COPY is PostgreSQL's")
+    card = make_card(deployed, title='\tTabbed\r\nand\n"quoted"\n', column_name="Staging")
+    other = make_card(deployed, title="+plain, with comma", column_name="Staging")
+    services.deployment_record(
+        actor=Actor(user=bob, source="api", name="=ci"), board_id=deployed.pk, version="@v3",
+        environment="staging", status="success", card_numbers=[card.number, other.number],
+        commits=[services.Commit(sha="-abc", timestamp=timezone.now()),
+                 services.Commit(sha="def", timestamp=None)],
+        finished_at=datetime.datetime(2026, 1, 2, 3, 4, 5, tzinfo=datetime.UTC),
+    )  # fmt: skip
+    rollups_settle()
+    half = DeploymentCard.objects.filter(card=card).first()
+    DeploymentCard.objects.filter(pk=half.pk).update(lead_time=2.5, cycle_time=3.5)
+    monkeypatch.setattr(export, "COPY_BLOCK_BYTES", block_bytes)
+    for scope in [
+        ExportFilter(board_ids=frozenset([deployed.pk])),
+        ExportFilter(board_ids=frozenset([deployed.pk]), release="@v3"),
+        ExportFilter(board_ids=frozenset()),
+        ExportFilter(
+            board_ids=frozenset([deployed.pk]),
+            since=datetime.datetime(2026, 1, 2, tzinfo=datetime.UTC),
+            until=datetime.datetime(2026, 1, 3, tzinfo=datetime.UTC),
+        ),
+    ]:
+        expected = "".join(csv_lines(deployment_rows(scope=scope).iterator())).encode()
+        assert b"".join(export.copy_blocks(scope=scope)) == expected
+    assert b'Tabbed\r\nand\n""quoted""' in expected  # line breaks inside a cell stay as they are
