@@ -9,18 +9,23 @@ LOCK := requirements-dev.lock
 TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/flux
 TEST_REDIS_URL ?= redis://127.0.0.1:6379/15
 TEST_ENV := SECRET_KEY=test-only-not-secret SECURE_SSL_REDIRECT=0 DEBUG=0
+# The browser the end-to-end tests drive (Debian's package; `make test` installs it).
+CHROMIUM ?= /usr/bin/chromium
 
 # The first Python >= 3.12 on PATH (pyenv honours .python-version for plain python3).
 BOOT_PYTHON := $(shell for c in python3.13 python3.12 python3 python; do \
 	if command -v $$c >/dev/null 2>&1 && $$c -c 'import sys; sys.exit(sys.version_info < (3, 12))' 2>/dev/null; then \
 	echo $$c; break; fi; done)
 
-.PHONY: help run test test-postgres test-sqlite lint format lock services-check clean bench chaos
+.PHONY: help run test test-postgres test-sqlite lint lint-offline format lock services-check \
+	chromium clean bench chaos
 
 help:
 	@echo "make run     set up and serve Flux at http://127.0.0.1:$(PORT) (SQLite, no services needed)"
 	@echo "make test    run the whole suite against PostgreSQL and Redis, then the SQLite guards"
-	@echo "make lint    ruff check, ruff format --check, pip-audit of the lock files"
+	@echo "             (installs Chromium for the browser tests when it is missing and it can)"
+	@echo "make lint    ruff check, ruff format --check, mypy, pip-audit of the lock files"
+	@echo "make lint-offline   the same without pip-audit (no network): what CI runs"
 	@echo "make lock    re-resolve requirements*.lock from pyproject.toml"
 
 $(VENV)/.installed: $(LOCK)
@@ -48,18 +53,34 @@ run: $(VENV)/.installed
 services-check: $(VENV)/.installed
 	@$(PY) -m flux.servicecheck "$(TEST_DATABASE_URL)" "$(TEST_REDIS_URL)"
 
-test: services-check
+# The end-to-end tests drive Chromium through Playwright, which cannot download its own
+# browser everywhere: Debian's package is used. Installed here when missing (as root, with
+# apt-get); otherwise one line says how, before anything runs.
+chromium:
+	@if [ ! -x "$(CHROMIUM)" ]; then \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+			echo "Installing Chromium for the end-to-end tests (apt-get install chromium)"; \
+			export DEBIAN_FRONTEND=noninteractive; \
+			{ apt-get update -qq && apt-get install -y -qq chromium >/dev/null; } || { \
+				echo "Could not install Chromium with apt-get (see above). Install it and run make test again, or set CHROMIUM=/path/to/chromium." >&2; \
+				exit 1; }; \
+			[ -x "$(CHROMIUM)" ] || { echo "apt-get installed chromium, but not at $(CHROMIUM): set CHROMIUM to it." >&2; exit 1; }; \
+		else \
+			echo "The end-to-end tests need Chromium at $(CHROMIUM): install it (sudo apt-get install -y chromium, or run make test as root to have it installed) or set CHROMIUM=/path/to/chromium." >&2; \
+			exit 1; \
+		fi; \
+	fi
+
+test: services-check chromium
 	@mkdir -p var
 	@$(TEST_ENV) $(PY) manage.py collectstatic --noinput -v0
-	$(TEST_ENV) DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) $(PY) -m pytest $(PYTEST_ARGS)
+	$(TEST_ENV) CHROMIUM=$(CHROMIUM) DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) $(PY) -m pytest $(PYTEST_ARGS)
 	$(TEST_ENV) DATABASE_URL=sqlite:///var/test.sqlite3 REDIS_URL= $(PY) -m pytest -m sqlite $(PYTEST_ARGS)
 
 # pip-audit checks every pinned version against the PyPI advisory database (network needed).
 # Found vulnerabilities fail the lint. If the service cannot be reached, or does not answer for
 # a package, nothing was audited: that is said plainly, and fails only with AUDIT_STRICT=1.
-lint: $(VENV)/.installed
-	$(VENV)/bin/ruff check .
-	$(VENV)/bin/ruff format --check .
+lint: lint-offline
 	@for lock in requirements.lock requirements-dev.lock; do \
 		out=$$($(VENV)/bin/pip-audit -r $$lock --require-hashes --disable-pip --strict \
 			--progress-spinner off 2>&1); rc=$$?; \
@@ -72,6 +93,14 @@ lint: $(VENV)/.installed
 			if [ -n "$(AUDIT_STRICT)" ]; then exit 1; fi; \
 		else echo "$$out"; exit $$rc; fi; \
 	done
+
+# The lint checks that need no network: `make lint` without pip-audit. .ci/run runs these.
+# mypy ([tool.mypy] in pyproject.toml) loads flux.settings through the django-stubs plugin,
+# which needs a SECRET_KEY: TEST_ENV's.
+lint-offline: $(VENV)/.installed
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(TEST_ENV) $(VENV)/bin/mypy
 
 format: $(VENV)/.installed
 	$(VENV)/bin/ruff check --fix .

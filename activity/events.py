@@ -157,18 +157,29 @@ class Payload:
         if not isinstance(payload, Mapping):
             raise MalformedEvent(f"a {cls.kind} payload must be a JSON object")
         values, missing = {}, []
-        for field in dataclasses.fields(cls):
-            key = field.name.rstrip("_")
+        for name, key, required in _shape(cls):
             if key in payload:
-                values[field.name] = payload[key]
-            elif (
-                field.default is dataclasses.MISSING
-                and field.default_factory is dataclasses.MISSING
-            ):
+                values[name] = payload[key]
+            elif required:
                 missing.append(key)
         if missing:
             raise MalformedEvent(f"a {cls.kind} payload lacks {', '.join(missing)}")
         return cls(**values)
+
+
+_SHAPES: dict[type, tuple[tuple[str, str, bool], ...]] = {}
+
+
+def _shape(cls: type) -> tuple[tuple[str, str, bool], ...]:
+    """(field name, stored key, required) of each field: worked out once per class, as a
+    replay reads thousands of payloads."""
+    shape = _SHAPES.get(cls)
+    if shape is None:
+        shape = _SHAPES[cls] = tuple(
+            (field.name, field.name.rstrip("_"), _required(field))
+            for field in dataclasses.fields(cls)
+        )
+    return shape
 
 
 def _required(field: dataclasses.Field) -> bool:

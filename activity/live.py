@@ -12,6 +12,7 @@ may have missed messages (a reconnect, Redis away for a while) catches up from t
 """
 
 import asyncio
+import enum
 import json
 import logging
 import time
@@ -27,7 +28,9 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import close_old_connections, connection, transaction
 
+from activity import events
 from activity.describe import event_describe
+from activity.events import EventKind
 from activity.models import Event
 
 logger = logging.getLogger(__name__)
@@ -39,9 +42,47 @@ CATCH_UP_LIMIT = 200  # more missed events than this: the page reloads instead
 QUEUE_SIZE = 1000
 RESYNC = {"resync": True}  # queued when messages may have been lost: catch up from the log
 
-# Kinds whose redraw is the card's own column; other kinds name their columns in the payload.
-_CARD_KINDS = {"card.updated", "card.labelled", "card.unlabelled", "card.assigned"}
-_QUIET_KINDS = {"comment.added", "deployment.recorded", "membership.set", "membership.removed"}
+
+class Redraw(enum.Enum):
+    """What an open board redraws after an event."""
+
+    PAYLOAD = "the columns its payload names"
+    CARD = "the card's own column"
+    BOARD = "the whole board"
+    NOTHING = "nothing on the board"
+
+
+# Every kind, and what viewers redraw for it; a kind missing here redraws the whole board.
+REDRAW: dict[EventKind, Redraw] = {
+    EventKind.CARD_CREATED: Redraw.PAYLOAD,
+    EventKind.CARD_MOVED: Redraw.PAYLOAD,
+    EventKind.CARD_ARCHIVED: Redraw.PAYLOAD,
+    EventKind.CARD_RESTORED: Redraw.PAYLOAD,
+    EventKind.CARD_UPDATED: Redraw.CARD,
+    EventKind.CARD_LABELLED: Redraw.CARD,
+    EventKind.CARD_UNLABELLED: Redraw.CARD,
+    EventKind.CARD_ASSIGNED: Redraw.CARD,
+    EventKind.BOARD_CREATED: Redraw.BOARD,
+    EventKind.BOARD_UPDATED: Redraw.BOARD,
+    EventKind.COLUMN_CREATED: Redraw.BOARD,
+    EventKind.COLUMN_UPDATED: Redraw.BOARD,
+    EventKind.LABEL_CREATED: Redraw.BOARD,
+    EventKind.LABEL_UPDATED: Redraw.BOARD,
+    # Nothing on the board shows these: a deployment's moves and labels are events of their own.
+    EventKind.COMMENT_ADDED: Redraw.NOTHING,
+    EventKind.DEPLOYMENT_RECORDED: Redraw.NOTHING,
+    EventKind.MEMBERSHIP_SET: Redraw.NOTHING,
+    EventKind.MEMBERSHIP_REMOVED: Redraw.NOTHING,
+}
+# Kinds after which a viewer may have lost the right to see the board: streams check again.
+ACCESS_KINDS: frozenset[EventKind] = frozenset(
+    {
+        EventKind.MEMBERSHIP_SET,
+        EventKind.MEMBERSHIP_REMOVED,
+        EventKind.BOARD_CREATED,
+        EventKind.BOARD_UPDATED,
+    }
+)
 
 
 # --- Messages ----------------------------------------------------------------------------------
@@ -49,18 +90,28 @@ _QUIET_KINDS = {"comment.added", "deployment.recorded", "membership.set", "membe
 
 def _columns_of(event: Event, column_id: int | None) -> list[int] | None:
     """The columns a change needs redrawn: a list (maybe empty), or None for the whole board."""
-    p = event.payload
-    match event.kind:
-        case "card.created":
-            return [p["card"]["column_id"]]
-        case "card.moved":
-            return sorted({p["from"]["column_id"], p["to"]["column_id"]})
-        case "card.archived" | "card.restored":
-            return [p["column_id"]]
-        case kind if kind in _CARD_KINDS:
-            return [column_id] if column_id is not None else None
-        case kind if kind in _QUIET_KINDS:
+    try:
+        redraw = REDRAW.get(EventKind(event.kind), Redraw.BOARD)
+    except ValueError:  # not a kind Flux writes: redraw the whole board to be safe
+        redraw = Redraw.BOARD
+    match redraw:
+        case Redraw.NOTHING:
             return []
+        case Redraw.CARD:
+            return [column_id] if column_id is not None else None
+        case Redraw.BOARD:
+            return None
+    try:
+        payload = events.read(event.kind, event.payload)
+    except events.MalformedEvent:  # the payload cannot say which: redraw them all
+        return None
+    match payload:
+        case events.CardCreated(card=card):
+            return [card["column_id"]]
+        case events.CardMoved(from_=before, to=after):
+            return sorted({before["column_id"], after["column_id"]})
+        case events.CardArchived(column_id=column) | events.CardRestored(column_id=column):
+            return [column]
     return None
 
 
@@ -457,7 +508,7 @@ async def board_stream(spec: StreamSpec) -> AsyncIterator[str]:
             elif message.get("kind") == "presence":
                 yield sse("presence", message["html"])
             else:
-                access_may_change = message["kind"].startswith(("membership.", "board."))
+                access_may_change = message["kind"] in ACCESS_KINDS
                 if access_may_change and not await db(spec.still_allowed):
                     yield sse("revoked", "{}")
                     return

@@ -74,13 +74,13 @@ def _run(quick: bool, wanted) -> tuple[list, dict]:
         boards[size] = data.board_with_cards(key=f"S{size}", owner=owner,
                                              per_stage=data.spread(size))  # fmt: skip
     big = data.board_make(key="BIG", name="Bench BIG", owner=owner)
-    big = data.board_fill(big, data.History(open_per_stage=data.spread(5000, data.STAGES[:4]),
-                                            delivered=scale["delivered_big"]),
-                          owner=owner, bar=bar)  # fmt: skip
+    data.board_fill(big, data.History(open_per_stage=data.spread(5000, data.STAGES[:4]),
+                                      delivered=scale["delivered_big"]),
+                    owner=owner, bar=bar)  # fmt: skip
     hist = data.board_make(key="HIST", name="Bench history", owner=owner)
-    hist = data.board_fill(hist, data.History(delivered=scale["delivered_hist"],
-                                              redeployments=scale["redeploys"]),
-                           owner=owner, bar=bar)  # fmt: skip
+    data.board_fill(hist, data.History(delivered=scale["delivered_hist"],
+                                       redeployments=scale["redeploys"]),
+                    owner=owner, bar=bar)  # fmt: skip
     bar.close()
     move = data.board_with_cards(key="MOVE", owner=owner, editors=users,
                                  per_stage=data.spread(400))  # fmt: skip

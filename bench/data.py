@@ -17,6 +17,7 @@ import itertools
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from django.contrib.auth import get_user_model
 from django.db import connection
@@ -24,8 +25,11 @@ from tqdm import tqdm
 
 from activity.log import Actor
 from boards import services
-from boards.models import Board, Role
+from boards.models import Board, Column, Role
 from boards.ranking import ranks_spread
+
+if TYPE_CHECKING:
+    from django.contrib.auth.models import User
 
 STAGES = ["todo", "in_progress", "review", "staging", "deployed"]
 EVENTS_PER_COMMIT = 2000
@@ -34,7 +38,7 @@ PASSWORD = "bench-password-1"
 HOUR = datetime.timedelta(hours=1)
 
 
-def user_make(username: str) -> "get_user_model()":
+def user_make(username: str) -> "User":
     User = get_user_model()
     user = User.objects.filter(username=username).first()
     return user or User.objects.create_user(username=username, password=PASSWORD)
@@ -72,7 +76,8 @@ class _Copier:
 
     def __init__(self, table: str, columns: str, per_commit: int, bar=None):
         self.sql = f"COPY {table} ({columns}) FROM STDIN"
-        self.table, self.per_commit, self.rows, self.bar = table, per_commit, [], bar
+        self.table, self.per_commit, self.bar = table, per_commit, bar
+        self.rows: list[tuple] = []
         self.next_id, self.last_id = 0, -1
 
     def new_id(self) -> int:
@@ -115,7 +120,7 @@ class History:
 @dataclass
 class Built:
     board: Board
-    columns: dict[str, object]
+    columns: dict[str, Column]
     open_cards: dict[str, list[int]]  # stage -> card ids, top to bottom
     delivered_cards: list[int]
     events: int
@@ -139,7 +144,7 @@ def board_fill(board: Board, history: History, *, owner, bar=None) -> Built:
     events = _Copier("activity_event", EVENT_COLUMNS, EVENTS_PER_COMMIT, bar=bar)
     number = board.last_card_number
     rank_of = iter(ranks)
-    open_cards: dict[str, list[int]] = {stage: [] for stage in STAGES}
+    open_cards: dict[str, list[tuple[str, int]]] = {stage: [] for stage in STAGES}  # (rank, id)
     plan = []  # (card id, number, rank, final stage, created_at)
     # Delivered cards first (the history), then the open ones (the present work).
     step = datetime.timedelta(seconds=max(1, 300 * 86400 // max(1, total)))

@@ -91,7 +91,10 @@ def card_moves(server: Server, users: list, built, seconds: float) -> list:
     cards = {c.pk: c for c in Card.objects.filter(pk__in=all_cards)}
     owned = [all_cards[i :: len(users)] for i in range(len(users))]
     first_event = Event.objects.order_by("-pk").values_list("pk", flat=True).first()
-    latencies, sizes, errors, conflicts = [], [], Counter(), 0
+    latencies: list[float] = []
+    sizes: list[int] = []
+    errors: Counter[str | int] = Counter()  # by exception name, or by HTTP status
+    conflicts = 0
     done_moves: Counter = Counter()
     lock = threading.Lock()
     clients = []
@@ -228,10 +231,12 @@ def raw_moves(built, seconds: float, clients: int = 16) -> float:
             while time.monotonic() < stop:
                 pk = rng.choice(owned[index])
                 with conn.transaction():
-                    column, version = conn.execute(
+                    row = conn.execute(
                         "SELECT column_id, version FROM boards_card WHERE id = %s FOR UPDATE",
                         [pk],
                     ).fetchone()
+                    assert row is not None, pk  # one of the bench's own cards
+                    column, version = row
                     target = rng.choice([c for c in columns if c != column])
                     conn.execute(
                         "UPDATE boards_card SET column_id = %s, version = version + 1,"
@@ -256,7 +261,7 @@ def raw_moves(built, seconds: float, clients: int = 16) -> float:
     return sum(counts) / (time.monotonic() - started)
 
 
-def api_moves(server: Server, token: str, builts: dict[int, object], repeat: int) -> list:
+def api_moves(server: Server, token: str, builts: dict[int, data.Built], repeat: int) -> list:
     figures = []
     client = Client(server.port)
     headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}

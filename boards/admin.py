@@ -14,7 +14,7 @@ from django.http import HttpRequest
 from activity.log import Actor
 from activity.models import Source
 from boards import services
-from boards.errors import FluxError
+from boards.errors import FluxError, refusal_message
 from boards.models import ApiToken, Board, Card, Column, Comment, Label, Membership
 from boards.queries import ref_parse
 from boards.tokens import token_create, token_revoke
@@ -43,9 +43,7 @@ class ServiceAdminMixin:
             with transaction.atomic():
                 return super().changeform_view(request, *args, **kwargs)
         except (ValidationError, FluxError) as error:
-            text = (
-                "; ".join(error.messages) if isinstance(error, ValidationError) else error.message
-            )
+            text = refusal_message(error)
             self.message_user(request, f"Not saved: {text}", level=messages.ERROR)
             from django.http import HttpResponseRedirect
 

@@ -7,15 +7,32 @@ from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.db.models import prefetch_related_objects
-from django.http import HttpRequest
 from django.urls import reverse
 from ninja import Field, Query, Router, Schema
 from ninja.responses import Status
 
 from boards import queries, services
 from boards.errors import NotFoundError
-from boards.models import BOARD_KEY_RE, Board, Card, Column, LabelKind, Role, Stage
+from boards.models import (
+    BOARD_KEY_RE,
+    COLUMN_NAME_MAX_LENGTH,
+    DEPLOYMENT_URL_MAX_LENGTH,
+    DESCRIPTION_MAX_LENGTH,
+    ENVIRONMENT_MAX_LENGTH,
+    LABEL_NAME_MAX_LENGTH,
+    MAX_VERSION,
+    SEARCH_MAX_LENGTH,
+    TITLE_MAX_LENGTH,
+    USERNAME_MAX_LENGTH,
+    Board,
+    Card,
+    Column,
+    LabelKind,
+    Role,
+    Stage,
+)
 from boards.problems import ERRORS, WRITE_ERRORS, IsoDate, IsoDateTime
+from boards.rendering import FluxRequest
 
 User = get_user_model()
 router = Router(tags=["boards"])
@@ -78,26 +95,30 @@ class CardPage(Schema):
 
 
 class CardIn(Schema):
-    title: str = Field(min_length=1, max_length=200)
-    description: str = Field("", max_length=20_000)
-    column: str | None = Field(None, max_length=50, description="Column name or stage.")
+    title: str = Field(min_length=1, max_length=TITLE_MAX_LENGTH)
+    description: str = Field("", max_length=DESCRIPTION_MAX_LENGTH)
+    column: str | None = Field(
+        None, max_length=COLUMN_NAME_MAX_LENGTH, description="Column name or stage."
+    )
     due_date: IsoDate | None = None
     labels: list[str] = Field(default_factory=list, max_length=50)
     assignees: list[str] = Field(default_factory=list, max_length=50)
 
 
 class CardPatch(Schema):
-    title: str | None = Field(None, min_length=1, max_length=200)
-    description: str | None = Field(None, max_length=20_000)
+    title: str | None = Field(None, min_length=1, max_length=TITLE_MAX_LENGTH)
+    description: str | None = Field(None, max_length=DESCRIPTION_MAX_LENGTH)
     due_date: IsoDate | None = None
-    expected_version: int | None = Field(None, ge=1, le=2_147_483_647)
+    expected_version: int | None = Field(None, ge=1, le=MAX_VERSION)
 
 
 class MoveIn(Schema):
-    to: str = Field(min_length=1, max_length=50, description="Column name or stage.")
+    to: str = Field(
+        min_length=1, max_length=COLUMN_NAME_MAX_LENGTH, description="Column name or stage."
+    )
     after: str | None = Field(None, pattern=REF_PATTERN)
     before: str | None = Field(None, pattern=REF_PATTERN)
-    expected_version: int | None = Field(None, ge=1, le=2_147_483_647)
+    expected_version: int | None = Field(None, ge=1, le=MAX_VERSION)
 
 
 class CommitIn(Schema):
@@ -108,12 +129,12 @@ class CommitIn(Schema):
 
 class DeploymentIn(Schema):
     board: str = Field(pattern=BOARD_KEY_RE.replace("[A-Z]", "[A-Za-z]"))
-    version: str = Field(min_length=1, max_length=50)
-    environment: str = Field(min_length=1, max_length=50)
+    version: str = Field(min_length=1, max_length=LABEL_NAME_MAX_LENGTH)  # names the release
+    environment: str = Field(min_length=1, max_length=ENVIRONMENT_MAX_LENGTH)
     status: Literal["success", "failed"]
     cards: list[str] | None = Field(None, max_length=500)
     commits: list[CommitIn] = Field(default_factory=list, max_length=1000)
-    url: str = Field("", max_length=500)
+    url: str = Field("", max_length=DEPLOYMENT_URL_MAX_LENGTH)
     started_at: IsoDateTime | None = None
     finished_at: IsoDateTime | None = None
 
@@ -162,7 +183,7 @@ def _parse_ref(ref: str) -> tuple[str, int]:
     return parsed
 
 
-def _card(request: HttpRequest, ref: str, at_least: Role = Role.VIEWER) -> Card:
+def _card(request: FluxRequest, ref: str, at_least: Role = Role.VIEWER) -> Card:
     key, number = _parse_ref(ref)
     return queries.card_get(actor=request.actor, board_key=key, number=number, at_least=at_least)
 
@@ -202,7 +223,7 @@ def _fresh(card: Card) -> Card:
 
 
 @router.get("/boards", response={200: list[BoardSummary], **ERRORS})
-def board_list(request: HttpRequest):
+def board_list(request: FluxRequest):
     """The boards this token can see, with open cards per stage."""
     return [
         BoardSummary(
@@ -216,10 +237,10 @@ def board_list(request: HttpRequest):
 
 
 @router.get("/boards/{key}", response={200: BoardOut, **ERRORS})
-def board_detail(request: HttpRequest, key: str):
+def board_detail(request: FluxRequest, key: str):
     """A board and its columns: stage, open cards, WIP limit."""
     board = queries.board_get(actor=request.actor, key=key)
-    columns = queries.columns_view(board=board, limit=0)
+    columns = queries.columns_read(board=board, limit=0)
     return BoardOut(
         key=board.key,
         name=board.name,
@@ -240,19 +261,23 @@ def board_detail(request: HttpRequest, key: str):
 
 
 class CardQuery(Schema):
-    column: str | None = Field(None, max_length=50, description="Column name or stage.")
+    column: str | None = Field(
+        None, max_length=COLUMN_NAME_MAX_LENGTH, description="Column name or stage."
+    )
     stage: Stage | None = None
-    label: str | None = Field(None, max_length=50)
-    release: str | None = Field(None, max_length=50)
-    assignee: str | None = Field(None, max_length=150)
-    q: str | None = Field(None, max_length=200, description="Text in title, description or ref.")
+    label: str | None = Field(None, max_length=LABEL_NAME_MAX_LENGTH)
+    release: str | None = Field(None, max_length=LABEL_NAME_MAX_LENGTH)
+    assignee: str | None = Field(None, max_length=USERNAME_MAX_LENGTH)
+    q: str | None = Field(
+        None, max_length=SEARCH_MAX_LENGTH, description="Text in title, description or ref."
+    )
     archived: bool = False
     limit: int = Field(50, ge=1, le=500)
     offset: int = Field(0, ge=0, le=10_000_000)
 
 
 @router.get("/boards/{key}/cards", response={200: CardPage, **ERRORS})
-def card_list(request: HttpRequest, key: str, filters: Query[CardQuery]):
+def card_list(request: FluxRequest, key: str, filters: Query[CardQuery]):
     """A board's cards in board order (column, then rank), filtered and paginated."""
     board = queries.board_get(actor=request.actor, key=key)
     cards = queries.card_search(
@@ -277,7 +302,7 @@ def card_list(request: HttpRequest, key: str, filters: Query[CardQuery]):
 
 
 @router.post("/boards/{key}/cards", response={201: CardOut, **WRITE_ERRORS})
-def card_create(request: HttpRequest, key: str, payload: CardIn):
+def card_create(request: FluxRequest, key: str, payload: CardIn):
     """Create a card at the bottom of a column (default: To Do), with labels and assignees."""
     board = queries.board_get(actor=request.actor, key=key, at_least=Role.EDITOR)
     actor = request.actor
@@ -306,13 +331,13 @@ def card_create(request: HttpRequest, key: str, payload: CardIn):
 
 
 @router.get("/cards/{ref}", response={200: CardOut, **ERRORS})
-def card_detail(request: HttpRequest, ref: str):
+def card_detail(request: FluxRequest, ref: str):
     """A card by its ref, e.g. PAY-42."""
     return _card_out(_fresh(_card(request, ref)))
 
 
 @router.patch("/cards/{ref}", response={200: CardOut, **WRITE_ERRORS})
-def card_patch(request: HttpRequest, ref: str, payload: CardPatch):
+def card_patch(request: FluxRequest, ref: str, payload: CardPatch):
     """Change a card's title, description or due date; send expected_version to be safe."""
     card = _card(request, ref, Role.EDITOR)
     changes = payload.model_dump(exclude_unset=True, exclude={"expected_version"})
@@ -330,7 +355,7 @@ def card_patch(request: HttpRequest, ref: str, payload: CardPatch):
 
 
 @router.post("/cards/{ref}/move", response={200: CardOut, **WRITE_ERRORS})
-def card_move(request: HttpRequest, ref: str, payload: MoveIn):
+def card_move(request: FluxRequest, ref: str, payload: MoveIn):
     """Move a card to a column (by name or stage), optionally after or before another card.
 
     Without after/before the card goes to the top of the column, unless it is already in that
@@ -354,7 +379,7 @@ def card_move(request: HttpRequest, ref: str, payload: MoveIn):
 
 
 @router.post("/deployments", response={201: DeploymentOut, **WRITE_ERRORS})
-def deployment_create(request: HttpRequest, payload: DeploymentIn):
+def deployment_create(request: FluxRequest, payload: DeploymentIn):
     """Record a deployment. A successful one to production moves its cards to Deployed (to
     staging: Staging) and labels them with the release; cards may be named in commit messages.
     """

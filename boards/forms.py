@@ -1,17 +1,47 @@
-"""Parsing of browser input. Forms check shapes; the rules themselves live in services."""
+"""Parsing of browser input. Forms check shapes; the rules themselves live in services,
+and the limits on the models."""
+
+import re
 
 from django import forms
 
 from activity.log import Actor
-from boards.models import DESCRIPTION_MAX_LENGTH, TITLE_MAX_LENGTH, Role
+from boards.models import (
+    COMMENT_MAX_LENGTH,
+    DESCRIPTION_MAX_LENGTH,
+    LABEL_NAME_MAX_LENGTH,
+    MAX_ID,
+    MAX_VERSION,
+    SEARCH_MAX_LENGTH,
+    TITLE_MAX_LENGTH,
+    TOKEN_NAME_MAX_LENGTH,
+    USERNAME_MAX_LENGTH,
+    Role,
+)
 from boards.queries import CardFilter, boards_visible
+
+# At most 18 digits: whatever they say fits a bigint, so a lookup by it cannot overflow.
+NUMBER_RE = re.compile(r"[0-9]{1,18}")
+
+
+def number_parse(text: str | None) -> int | None:
+    """A whole number (an id, seconds) from a query or form value; None for anything else."""
+    text = (text or "").strip()
+    return int(text) if NUMBER_RE.fullmatch(text) else None
+
+
+def number_list_parse(text: str | None, *, most: int = 100) -> list[int] | None:
+    """Numbers from "1,2,3" (empty: []); None if any part is not one, or there are too many."""
+    parts = [part for part in (text or "").split(",") if part]
+    numbers = [number for number in map(number_parse, parts) if number is not None]
+    return numbers if len(numbers) == len(parts) <= most else None
 
 
 class FilterForm(forms.Form):
-    q = forms.CharField(required=False, max_length=200, strip=True)
-    label = forms.CharField(required=False, max_length=50)
-    assignee = forms.CharField(required=False, max_length=150)
-    release = forms.CharField(required=False, max_length=50)
+    q = forms.CharField(required=False, max_length=SEARCH_MAX_LENGTH, strip=True)
+    label = forms.CharField(required=False, max_length=LABEL_NAME_MAX_LENGTH)
+    assignee = forms.CharField(required=False, max_length=USERNAME_MAX_LENGTH)
+    release = forms.CharField(required=False, max_length=LABEL_NAME_MAX_LENGTH)
 
     def card_filter(self) -> CardFilter:
         """The filter asked for; bad values are dropped rather than failing the page."""
@@ -22,10 +52,6 @@ class FilterForm(forms.Form):
             assignee=data.get("assignee", ""),
             release=data.get("release", ""),
         )
-
-
-MAX_ID = 2**63 - 1
-MAX_VERSION = 2**31 - 1
 
 
 class MoveForm(forms.Form):
@@ -63,11 +89,15 @@ class CardEditForm(forms.Form):
 
 
 class CommentForm(forms.Form):
-    body = forms.CharField(max_length=10_000, strip=True, widget=forms.Textarea(attrs={"rows": 3}))
+    body = forms.CharField(
+        max_length=COMMENT_MAX_LENGTH, strip=True, widget=forms.Textarea(attrs={"rows": 3})
+    )
 
 
 class TokenForm(forms.Form):
-    name = forms.CharField(max_length=100, help_text="Shown as the actor in the activity log.")
+    name = forms.CharField(
+        max_length=TOKEN_NAME_MAX_LENGTH, help_text="Shown as the actor in the activity log."
+    )
     role = forms.ChoiceField(
         choices=[
             (Role.EDITOR.value, "Editor: move and edit cards"),

@@ -14,8 +14,26 @@ from django.utils.functional import cached_property
 from boards.ranking import RankField
 
 BOARD_KEY_RE = r"^[A-Z][A-Z0-9]{1,9}$"
-TITLE_MAX_LENGTH = 200
-DESCRIPTION_MAX_LENGTH = 20_000
+
+# The limits on what people and CI may write: the fields below, the services' checks, the
+# forms, the API's schemas and the pages' inputs all take them from here.
+BOARD_NAME_MAX_LENGTH = 100
+BOARD_KEY_MAX_LENGTH = 10
+BOARD_DESCRIPTION_MAX_LENGTH = 5000
+COLUMN_NAME_MAX_LENGTH = 50
+WIP_LIMIT_MAX = 10_000
+LABEL_NAME_MAX_LENGTH = 50  # a release label is named by its deployment's version
+TITLE_MAX_LENGTH = 200  # a card's
+DESCRIPTION_MAX_LENGTH = 20_000  # a card's
+COMMENT_MAX_LENGTH = 10_000
+TOKEN_NAME_MAX_LENGTH = 100
+USERNAME_MAX_LENGTH = 150  # django.contrib.auth's; the actor names stored beside one match it
+ENVIRONMENT_MAX_LENGTH = 50  # a deployment's
+DEPLOYMENT_URL_MAX_LENGTH = 500
+SEARCH_MAX_LENGTH = 200  # the board's search box
+MAX_ID = 2**63 - 1  # a BigAutoField's largest value
+MAX_VERSION = 2**31 - 1  # Card.version's column holds no more
+IDEMPOTENCY_KEY_MAX_LENGTH = 200
 
 
 class Stage(models.TextChoices):
@@ -48,14 +66,16 @@ class LabelKind(models.TextChoices):
 class Board(models.Model):
     """A service (Payments, Checkout, ...) and its delivery pipeline."""
 
-    name = models.CharField(max_length=100)
+    name = models.CharField(max_length=BOARD_NAME_MAX_LENGTH)
     key = models.CharField(
-        max_length=10,
+        max_length=BOARD_KEY_MAX_LENGTH,
         unique=True,
         validators=[RegexValidator(BOARD_KEY_RE, "2-10 capital letters or digits, e.g. PAY.")],
         help_text="Short, permanent prefix of card refs, e.g. PAY for PAY-42.",
     )
-    description = models.TextField(blank=True, validators=[MaxLengthValidator(5000)])
+    description = models.TextField(
+        blank=True, validators=[MaxLengthValidator(BOARD_DESCRIPTION_MAX_LENGTH)]
+    )
     created_at = models.DateTimeField()
     last_card_number = models.PositiveIntegerField(default=0, editable=False)
 
@@ -78,7 +98,7 @@ class Board(models.Model):
 
 class Column(models.Model):
     board = models.ForeignKey(Board, on_delete=models.CASCADE, related_name="columns")
-    name = models.CharField(max_length=50)
+    name = models.CharField(max_length=COLUMN_NAME_MAX_LENGTH)
     position = models.PositiveSmallIntegerField()
     stage = models.CharField(max_length=20, choices=Stage.choices)
     wip_limit = models.PositiveSmallIntegerField(
@@ -107,7 +127,7 @@ class Label(models.Model):
     """A label on one board. Release labels name a version; boards share them by name."""
 
     board = models.ForeignKey(Board, on_delete=models.CASCADE, related_name="labels")
-    name = models.CharField(max_length=50)
+    name = models.CharField(max_length=LABEL_NAME_MAX_LENGTH)
     colour = models.CharField(
         max_length=7,
         default="#64748b",
@@ -205,8 +225,8 @@ class Comment(models.Model):
     author = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
-    author_name = models.CharField(max_length=150)
-    body = models.TextField(validators=[MaxLengthValidator(10_000)])
+    author_name = models.CharField(max_length=USERNAME_MAX_LENGTH)
+    body = models.TextField(validators=[MaxLengthValidator(COMMENT_MAX_LENGTH)])
     created_at = models.DateTimeField()
 
     class Meta:
@@ -227,7 +247,9 @@ class ApiToken(models.Model):
     user = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_tokens"
     )
-    name = models.CharField(max_length=100, help_text="Shown as the actor in the activity log.")
+    name = models.CharField(
+        max_length=TOKEN_NAME_MAX_LENGTH, help_text="Shown as the actor in the activity log."
+    )
     prefix = models.CharField(max_length=12, editable=False, db_index=True)
     digest = models.CharField(max_length=64, unique=True, editable=False)
     role = models.CharField(
@@ -258,7 +280,7 @@ class IdempotencyKey(models.Model):
     """The first answer to a POST sent with an Idempotency-Key, replayed on retries."""
 
     scope = models.CharField(max_length=64, help_text="Digest of the token that sent it.")
-    key = models.CharField(max_length=200)
+    key = models.CharField(max_length=IDEMPOTENCY_KEY_MAX_LENGTH)
     fingerprint = models.CharField(max_length=64, help_text="SHA-256 of method, path and body.")
     status = models.PositiveSmallIntegerField(null=True)
     content_type = models.CharField(max_length=100, blank=True)

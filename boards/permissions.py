@@ -1,14 +1,27 @@
 """Who may do what on a board. Used by both services (writes) and queries (reads)."""
 
+import enum
+from typing import Final, Literal
+
 from activity.log import Actor
 from activity.models import Source
 from boards.errors import ForbiddenError, NotFoundError
 from boards.models import Board, Membership, Role
 
-_UNKNOWN = object()
+
+class _Unknown(enum.Enum):
+    """The type of _UNKNOWN: a sentinel the type checker can tell apart from a role or None."""
+
+    UNKNOWN = enum.auto()
 
 
-def role_of(*, actor: Actor, board: Board, membership_role: str | None = _UNKNOWN) -> Role | None:
+_UNKNOWN: Final = _Unknown.UNKNOWN
+_MembershipRole = str | None | Literal[_Unknown.UNKNOWN]
+
+
+def role_of(
+    *, actor: Actor, board: Board, membership_role: _MembershipRole = _UNKNOWN
+) -> Role | None:
     """The actor's effective role on the board: staff and the system act as admins.
 
     `membership_role` is the user's Membership.role when the caller already read it (None:
@@ -39,7 +52,7 @@ def role_of(*, actor: Actor, board: Board, membership_role: str | None = _UNKNOW
 
 
 def role_require(
-    *, actor: Actor, board: Board, at_least: Role, membership_role: str | None = _UNKNOWN
+    *, actor: Actor, board: Board, at_least: Role, membership_role: _MembershipRole = _UNKNOWN
 ) -> Role:
     """The actor's role; NotFoundError for non-members (the board stays hidden), else Forbidden."""
     role = role_of(actor=actor, board=board, membership_role=membership_role)

@@ -154,7 +154,7 @@ def _card_rows(board: Board) -> QuerySet[Card]:
     )
 
 
-def columns_view(
+def columns_read(
     *,
     board: Board,
     column_ids: list[int] | None = None,
@@ -257,7 +257,7 @@ def column_more(
     return column, page[:COLUMN_PAGE], len(page) > COLUMN_PAGE
 
 
-def board_view(*, board: Board, actor: Actor, filters: CardFilter = NO_FILTER) -> dict:
+def board_page_read(*, board: Board, actor: Actor, filters: CardFilter = NO_FILTER) -> dict:
     """The board page's context, in a fixed number of queries whatever the board's size."""
     role = getattr(board, "role", None) or role_require(
         actor=actor, board=board, at_least=Role.VIEWER
@@ -265,7 +265,7 @@ def board_view(*, board: Board, actor: Actor, filters: CardFilter = NO_FILTER) -
     labels = list(board.labels.order_by("kind", "name"))
     return {
         "board": board,
-        "columns": columns_view(board=board, filters=filters),
+        "columns": columns_read(board=board, filters=filters),
         "role": role,
         "can_edit": role.level >= Role.EDITOR.level,
         "filters": filters,

@@ -72,11 +72,12 @@ def card_for_move(
 ) -> CardForMoveRow | None:
     """The card (by id, or by board id and number), locked when `lock`, with its move context."""
     target, neighbour = target_column_id, neighbour_id
-    params: list[int | None] = {
+    params_by_place: dict[str, list[int | None]] = {
         "after": [target, neighbour, target, target, neighbour],
         "before": [target, target, neighbour, target, neighbour],
         "top": [target],
-    }[place]
+    }
+    params = params_by_place[place]
     found = list(Card.objects.raw(CARD_FOR_MOVE[place, by, lock], [*params, target, *key]))
     if not found:
         return None

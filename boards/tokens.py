@@ -4,9 +4,8 @@ import hashlib
 import hmac
 import secrets
 from datetime import timedelta
+from typing import TYPE_CHECKING
 
-from django.contrib.auth import get_user_model
-from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.db.models import CharField, StringAgg, Value
@@ -16,9 +15,10 @@ from activity import clock
 from activity.log import Actor
 from activity.models import Source
 from boards.errors import ForbiddenError
-from boards.models import ApiToken, Board, Membership, Role
+from boards.models import TOKEN_NAME_MAX_LENGTH, ApiToken, Board, Membership, Role
 
-User = get_user_model()
+if TYPE_CHECKING:
+    from django.contrib.auth.models import User
 
 PREFIX = "flux_"
 # last_used_at is a hint for people, not an audit trail: write it at most once a minute.
@@ -33,7 +33,7 @@ def token_digest(secret: str) -> str:
 def token_create(
     *,
     actor: Actor,
-    user: AbstractBaseUser,
+    user: "User",
     name: str,
     role: str = Role.EDITOR,
     board_keys: list[str] | None = None,
@@ -42,8 +42,10 @@ def token_create(
     if actor.user is None or not (actor.user.pk == user.pk or actor.user.is_staff):
         raise ForbiddenError("You can only make tokens for yourself.")
     name = (name or "").strip()
-    if not name or len(name) > 100:
-        raise ValidationError({"name": "Give the token a name of 1 to 100 characters."})
+    if not name or len(name) > TOKEN_NAME_MAX_LENGTH:
+        raise ValidationError(
+            {"name": f"Give the token a name of 1 to {TOKEN_NAME_MAX_LENGTH} characters."}
+        )
     if role not in (Role.EDITOR, Role.VIEWER):
         raise ValidationError({"role": "A token's role is editor or viewer."})
     boards: list[Board] = []

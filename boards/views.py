@@ -10,17 +10,23 @@ from urllib.parse import urlencode
 
 from django.contrib import messages
 from django.core.exceptions import ValidationError
-from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
+from django.http import HttpResponse, JsonResponse, StreamingHttpResponse
 from django.shortcuts import redirect, render
 from django.template.loader import render_to_string
 from django.urls import reverse
-from django.utils.cache import patch_vary_headers
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from activity import live
 from activity.log import Actor
 from boards import queries, services
-from boards.errors import ConflictError, NotFoundError, WipLimitError, refusal_message
+from boards.errors import (
+    INVALID_INPUT_STATUS,
+    ConflictError,
+    NotFoundError,
+    WipLimitError,
+    refusal_message,
+    refusal_status,
+)
 from boards.forms import (
     CardCreateForm,
     CardEditForm,
@@ -28,85 +34,66 @@ from boards.forms import (
     FilterForm,
     MoveForm,
     TokenForm,
+    number_list_parse,
+    number_parse,
 )
 from boards.models import Board, Card, Role
+from boards.rendering import FluxRequest, fragment_render, page_or_fragment_render
 from boards.tokens import token_create, token_revoke
 
 BOARD = "boards/board.html"
 
 
-def _actor(request: HttpRequest) -> Actor:
-    return Actor(user=request.user)
-
-
-def _wants_fragment(request: HttpRequest) -> bool:
-    """htmx asked for a piece of the page (a history restore needs the whole page)."""
-    return bool(request.htmx) and not request.htmx.history_restore_request
-
-
-def _filters(request: HttpRequest) -> queries.CardFilter:
+def _filters(request: FluxRequest) -> queries.CardFilter:
     return FilterForm(request.GET).card_filter()
 
 
-def _board_url(board: Board, request: HttpRequest) -> str:
+def _board_url(board: Board, request: FluxRequest) -> str:
     query = request.GET.urlencode()
     return reverse("boards:detail", args=[board.key]) + (f"?{query}" if query else "")
 
 
-def _render(request, template, context, status=200) -> HttpResponse:
-    response = render(request, template, context, status=status)
-    patch_vary_headers(response, ["HX-Request"])
-    return response
-
-
 @require_GET
-def board_list(request: HttpRequest) -> HttpResponse:
-    boards = queries.board_list(actor=_actor(request))
+def board_list(request: FluxRequest) -> HttpResponse:
+    boards = queries.board_list(actor=request.actor)
     return render(request, "boards/board_list.html", {"boards": boards})
 
 
 @require_GET
-def board_detail(request: HttpRequest, key: str) -> HttpResponse:
-    board = queries.board_get(actor=_actor(request), key=key, with_last_event=True)
-    context = queries.board_view(board=board, actor=_actor(request), filters=_filters(request))
+def board_detail(request: FluxRequest, key: str) -> HttpResponse:
+    board = queries.board_get(actor=request.actor, key=key, with_last_event=True)
+    context = queries.board_page_read(board=board, actor=request.actor, filters=_filters(request))
     context["filter_query"] = _filter_query(request)
-    template = f"{BOARD}#board" if _wants_fragment(request) else BOARD
-    return _render(request, template, context)
+    return page_or_fragment_render(request, page=BOARD, fragment=f"{BOARD}#board", context=context)
 
 
 @require_GET
-def board_columns_view(request: HttpRequest, key: str) -> HttpResponse:
+def board_columns_view(request: FluxRequest, key: str) -> HttpResponse:
     """Fresh copies of some columns (`?ids=1,2`; all without it), for live updates."""
-    board = queries.board_get(actor=_actor(request), key=key)
-    ids = _id_list(request.GET.get("ids", ""))
+    board = queries.board_get(actor=request.actor, key=key)
+    ids = number_list_parse(request.GET.get("ids"))
     if ids is None:
         return HttpResponse("ids must be column ids separated by commas.", status=400)
     return _columns_response(request, board=board, column_ids=ids or None)
 
 
-def _id_list(text: str, limit: int = 100) -> list[int] | None:
-    parts = [part for part in text.split(",") if part]
-    if len(parts) > limit or not all(part.isdigit() and len(part) <= 18 for part in parts):
-        return None
-    return [int(part) for part in parts]
-
-
 @require_GET
-async def board_live(request: HttpRequest, key: str) -> HttpResponse:
+async def board_live(request: FluxRequest, key: str) -> HttpResponse:
     """Server-Sent Events: the board's changes as they commit, and who else is viewing it.
 
     Starts after `Last-Event-ID` (the browser's own reconnect) or `?last=` (a new connection
     from a page that has seen events up to there), else from now."""
     user = await request.auser()
-    board = await live.db(queries.board_get, actor=Actor(user=user), key=key)
-    after = _event_id(request.headers.get("Last-Event-ID")) or _event_id(request.GET.get("last"))
+    board = await live.db(queries.board_get, actor=request.actor, key=key)
+    after = number_parse(request.headers.get("Last-Event-ID"))
+    after = after or number_parse(request.GET.get("last"))
     if after is None:
         after = await live.db(live.event_latest, board_id=board.pk)
     spec = live.StreamSpec(
         board_id=board.pk,
         viewer=live.Viewer(user.pk, user.get_username()),
         after=after,
-        still_allowed=partial(_still_allowed, user, board.key),
+        still_allowed=partial(_still_allowed, request.actor, board.key),
         render_presence=_presence_html,
     )
     response = StreamingHttpResponse(live.board_stream(spec), content_type="text/event-stream")
@@ -116,10 +103,10 @@ async def board_live(request: HttpRequest, key: str) -> HttpResponse:
 
 
 @require_GET
-def board_changes(request: HttpRequest, key: str) -> JsonResponse:
+def board_changes(request: FluxRequest, key: str) -> JsonResponse:
     """The polling fallback when a stream cannot be opened: anything new since event N?"""
-    board = queries.board_get(actor=_actor(request), key=key)
-    after = _event_id(request.GET.get("after"))
+    board = queries.board_get(actor=request.actor, key=key)
+    after = number_parse(request.GET.get("after"))
     if after is None:
         return JsonResponse({"last": live.event_latest(board_id=board.pk), "changes": []})
     changes = live.events_since(board_id=board.pk, after=after)
@@ -128,16 +115,12 @@ def board_changes(request: HttpRequest, key: str) -> JsonResponse:
     return JsonResponse({"last": last, "changes": [] if reload else changes, "reload": reload})
 
 
-def _event_id(text: str | None) -> int | None:
-    return int(text) if text and text.isdigit() and len(text) <= 18 else None
-
-
-def _still_allowed(user, key: str) -> bool:
-    user.refresh_from_db(fields=["is_active", "is_staff", "is_superuser"])
-    if not user.is_active:
+def _still_allowed(actor: Actor, key: str) -> bool:
+    actor.user.refresh_from_db(fields=["is_active", "is_staff", "is_superuser"])
+    if not actor.user.is_active:
         return False
     try:
-        queries.board_get(actor=Actor(user=user), key=key)
+        queries.board_get(actor=actor, key=key)
     except NotFoundError:
         return False
     return True
@@ -148,7 +131,7 @@ def _presence_html(viewers: list[live.Viewer]) -> str:
 
 
 def _columns_response(
-    request: HttpRequest,
+    request: FluxRequest,
     *,
     board: Board,
     column_ids: list[int] | None,
@@ -159,7 +142,7 @@ def _columns_response(
 ) -> HttpResponse:
     """Fresh copies of the given columns (all when None) as out-of-band swaps, plus a toast."""
     if columns is None:
-        columns = queries.columns_view(
+        columns = queries.columns_read(
             board=board, column_ids=column_ids, filters=_filters(request)
         )
     context = {
@@ -171,150 +154,170 @@ def _columns_response(
         "tone": tone,
         "filter_query": _filter_query(request),
     }
-    return _render(request, f"{BOARD}#columns-oob", context, status=status)
+    return fragment_render(request, fragment=f"{BOARD}#columns-oob", context=context, status=status)
 
 
-def _column_context(request: HttpRequest, board: Board, column_ids: list[int]) -> dict:
+def _column_context(request: FluxRequest, board: Board, column_ids: list[int]) -> dict:
     """What the column partial needs besides its cards, with the page's filter kept."""
     return {
-        "columns": queries.columns_view(
+        "columns": queries.columns_read(
             board=board, column_ids=column_ids, filters=_filters(request)
         ),
         "filter_query": _filter_query(request),
     }
 
 
-def _after_post(request: HttpRequest, board: Board, message: str, level=messages.SUCCESS):
+def _after_post(request: FluxRequest, board: Board, message: str, level=messages.SUCCESS):
     """Without htmx, a POST ends in a redirect back to the board, with its notice."""
     messages.add_message(request, level, message)
     return redirect(_board_url(board, request))
 
 
+NOTICE_LEVELS = {"error": messages.ERROR, "warning": messages.WARNING}
+
+
+def _board_refusal(
+    request: FluxRequest,
+    *,
+    board: Board,
+    refused: Exception,
+    column_ids: list[int] | None = None,
+    text: str = "",
+    tone: str = "error",
+) -> HttpResponse:
+    """A refusal's own status and reason (or `text`): toast and fresh columns, else a notice."""
+    text = text or refusal_message(refused)
+    if not request.htmx:
+        return _after_post(request, board, text, NOTICE_LEVELS[tone])
+    return _columns_response(
+        request,
+        board=board,
+        column_ids=column_ids,
+        toast=text,
+        tone=tone,
+        status=refusal_status(refused),
+    )
+
+
 @require_http_methods(["GET", "POST"])
-def card_move_view(request: HttpRequest, key: str, number: int) -> HttpResponse:
+def card_move_view(request: FluxRequest, key: str, number: int) -> HttpResponse:
     """GET: the "Move to…" form (works without JavaScript). POST: the move itself."""
-    if request.method == "GET":
-        card = queries.card_get(
-            actor=_actor(request), board_key=key, number=number, at_least=Role.EDITOR
-        )
-        context = {
-            "board": card.board,
-            "card": card,
-            "all_columns": queries.board_columns(board=card.board),
-            "board_url": _board_url(card.board, request),
-        }
-        template = f"{BOARD}#move-dialog" if _wants_fragment(request) else "boards/card_move.html"
-        return _render(request, template, context)
+    if request.method == "POST":
+        return _card_move(request, key, number)
+    card = queries.card_get(actor=request.actor, board_key=key, number=number, at_least=Role.EDITOR)
+    context = {
+        "board": card.board,
+        "card": card,
+        "all_columns": queries.board_columns(board=card.board),
+        "board_url": _board_url(card.board, request),
+    }
+    return page_or_fragment_render(
+        request, page="boards/card_move.html", fragment=f"{BOARD}#move-dialog", context=context
+    )
+
+
+def _card_move(request: FluxRequest, key: str, number: int) -> HttpResponse:
     form = MoveForm(request.POST)
     if not form.is_valid():
-        board = queries.board_get(actor=_actor(request), key=key, at_least=Role.EDITOR)
-        if not request.htmx:
-            return _after_post(request, board, "That move was not understood.", messages.ERROR)
-        return _columns_response(
-            request, board=board, column_ids=None, toast="That move was not understood.",
-            tone="error", status=422,
-        )  # fmt: skip
+        board = queries.board_get(actor=request.actor, key=key, at_least=Role.EDITOR)
+        refused = ValidationError("That move was not understood.")
+        return _board_refusal(request, board=board, refused=refused)
     data = form.cleaned_data
-    ref = f"{key}-{number}"
     try:
         moved = services.card_move(
-            actor=_actor(request),
+            actor=request.actor,
             card_ref=(key, number),
             to_column_id=data["to_column"],
             expected_version=data["version"],
             after_id=data["after"],
             before_id=data["before"],
         )
-    except ConflictError:
-        board = queries.board_get(actor=_actor(request), key=key)
-        text = f"{ref} was changed by someone else first; the board now shows the latest."
-        if not request.htmx:
-            return _after_post(request, board, text, messages.WARNING)
-        return _columns_response(
-            request, board=board, column_ids=None, toast=text, tone="warning", status=409
-        )
+    except ConflictError as conflict:
+        # Every column is redrawn with the answer, so the sentence can say the board is fresh.
+        board = queries.board_get(actor=request.actor, key=key)
+        text = f"{key}-{number} was changed by someone else first; the board now shows the latest."
+        return _board_refusal(request, board=board, refused=conflict, text=text, tone="warning")
     except (WipLimitError, ValidationError) as refused:
-        board = queries.board_get(actor=_actor(request), key=key)
-        text = (
-            refused.message if isinstance(refused, WipLimitError) else "; ".join(refused.messages)
-        )
-        if not request.htmx:
-            return _after_post(request, board, text, messages.ERROR)
-        status = 409 if isinstance(refused, WipLimitError) else 422
-        return _columns_response(
-            request, board=board, column_ids=None, toast=text, tone="error", status=status
-        )
-    card, column, count = moved.card, moved.to_column, moved.to_count
-    board = card.board
+        board = queries.board_get(actor=request.actor, key=key)
+        return _board_refusal(request, board=board, refused=refused)
+    board = moved.card.board
     board.role = moved.actor_role  # what the redrawn columns offer (as queries.board_get sets)
-    toast, tone = f"{card.ref} moved to {column.name}.", "info"
-    over_limit = column.wip_limit is not None and count > column.wip_limit
-    if over_limit and moved.changed_column:
-        toast += f" {column.name} is over its WIP limit ({count}/{column.wip_limit})."
-        tone = "warning"
+    toast, tone = _move_toast(moved)
     if not request.htmx:
         return _after_post(request, board, toast)
     if request.headers.get("X-Flux-Placed") == "1" and not _filters(request).active:
-        # The page has already put the card where it asked (a drag, or the keyboard): confirm
-        # with the two columns' new counts and the card's new version, not the columns again.
-        heads = [queries.ColumnView(column=moved.from_column, count=moved.from_count)]
-        if moved.changed_column:
-            heads.append(queries.ColumnView(column=column, count=count))
-        for head in heads:
-            head.total = head.count
-        context = {"board": board, "heads": heads, "toast": toast, "tone": tone}
-        response = _render(request, f"{BOARD}#move-placed", context)
-        response["HX-Trigger"] = json.dumps(
-            {"flux:moved": {"card": card.pk, "version": card.version}}
-        )
-        return response
-    columns = queries.columns_view(
-        board=board, column_ids=list({moved.from_column.pk, column.pk}), filters=_filters(request)
+        return _move_confirmed(request, moved, toast=toast, tone=tone)
+    columns = queries.columns_read(
+        board=board,
+        column_ids=list({moved.from_column.pk, moved.to_column.pk}),
+        filters=_filters(request),
     )
     return _columns_response(
         request, board=board, column_ids=None, columns=columns, toast=toast, tone=tone
     )
 
 
+def _move_toast(moved: services.MoveResult) -> tuple[str, str]:
+    """What a done move says, and its tone: a warning when it took a column past its limit."""
+    column, count = moved.to_column, moved.to_count
+    toast = f"{moved.card.ref} moved to {column.name}."
+    if moved.changed_column and column.wip_limit is not None and count > column.wip_limit:
+        return (
+            f"{toast} {column.name} is over its WIP limit ({count}/{column.wip_limit}).",
+            "warning",
+        )
+    return toast, "info"
+
+
+def _move_confirmed(
+    request: FluxRequest, moved: services.MoveResult, *, toast: str, tone: str
+) -> HttpResponse:
+    """The two columns' new counts and the card's new version, not the columns again."""
+    # The page has already put the card where it asked (a drag, or the keyboard).
+    heads = [queries.ColumnView(column=moved.from_column, count=moved.from_count)]
+    if moved.changed_column:
+        heads.append(queries.ColumnView(column=moved.to_column, count=moved.to_count))
+    for head in heads:
+        head.total = head.count
+    context = {"board": moved.card.board, "heads": heads, "toast": toast, "tone": tone}
+    response = fragment_render(request, fragment=f"{BOARD}#move-placed", context=context)
+    card = moved.card
+    response["HX-Trigger"] = json.dumps({"flux:moved": {"card": card.pk, "version": card.version}})
+    return response
+
+
 @require_http_methods(["GET", "POST"])
-def column_cards_view(request: HttpRequest, key: str, column_id: int) -> HttpResponse:
+def column_cards_view(request: FluxRequest, key: str, column_id: int) -> HttpResponse:
     """GET: the next page of a column's cards. POST: a new card at the column's bottom."""
     if request.method == "GET":
         return _column_page(request, key, column_id)
     return _card_create(request, key, column_id)
 
 
-def _card_create(request: HttpRequest, key: str, column_id: int) -> HttpResponse:
-    board = queries.board_get(actor=_actor(request), key=key, at_least=Role.EDITOR)
+def _card_create(request: FluxRequest, key: str, column_id: int) -> HttpResponse:
+    board = queries.board_get(actor=request.actor, key=key, at_least=Role.EDITOR)
     form = CardCreateForm(request.POST)
-    error = ""
-    if form.is_valid():
-        try:
-            card = services.card_create(
-                actor=_actor(request),
-                board_id=board.pk,
-                column_id=column_id,
-                title=form.cleaned_data["title"],
-            )
-        except (ValidationError, WipLimitError) as refused:
-            error = refusal_message(refused)
-        else:
-            if not request.htmx:
-                return _after_post(request, board, f"{card.ref} created.")
-            return _columns_response(
-                request, board=board, column_ids=[column_id], toast=f"{card.ref} created."
-            )
-    else:
-        error = form.errors.get("title", ["Give the card a title."])[0]
+    if not form.is_valid():
+        refused = ValidationError(form.errors.get("title", ["Give the card a title."])[0])
+        return _board_refusal(request, board=board, refused=refused, column_ids=[column_id])
+    try:
+        card = services.card_create(
+            actor=request.actor,
+            board_id=board.pk,
+            column_id=column_id,
+            title=form.cleaned_data["title"],
+        )
+    except (ValidationError, WipLimitError) as refused:
+        return _board_refusal(request, board=board, refused=refused, column_ids=[column_id])
     if not request.htmx:
-        return _after_post(request, board, error, messages.ERROR)
+        return _after_post(request, board, f"{card.ref} created.")
     return _columns_response(
-        request, board=board, column_ids=[column_id], toast=error, tone="error", status=422
+        request, board=board, column_ids=[column_id], toast=f"{card.ref} created."
     )
 
 
-def _column_page(request: HttpRequest, key: str, column_id: int) -> HttpResponse:
-    board = queries.board_get(actor=_actor(request), key=key)
+def _column_page(request: FluxRequest, key: str, column_id: int) -> HttpResponse:
+    board = queries.board_get(actor=request.actor, key=key)
     column, cards, has_more = queries.column_more(
         board=board,
         column_id=column_id,
@@ -330,10 +333,10 @@ def _column_page(request: HttpRequest, key: str, column_id: int) -> HttpResponse
         "can_edit": board.role.level >= Role.EDITOR.level,
         "filter_query": _filter_query(request),
     }
-    return _render(request, f"{BOARD}#cards-page", context)
+    return fragment_render(request, fragment=f"{BOARD}#cards-page", context=context)
 
 
-def _filter_query(request: HttpRequest) -> str:
+def _filter_query(request: FluxRequest) -> str:
     """The board's filter as a query string, for links and requests made from a fragment."""
     return urlencode({k: v for k, v in request.GET.items() if k in FilterForm.base_fields and v})
 
@@ -371,19 +374,23 @@ def _dialog_context(request, card: Card, form: CardEditForm | None = None, **ext
 
 
 @require_http_methods(["GET", "POST"])
-def card_detail(request: HttpRequest, key: str, number: int) -> HttpResponse:
+def card_detail(request: FluxRequest, key: str, number: int) -> HttpResponse:
     """The card dialog: its own URL, a whole page without htmx, the dialog alone with it."""
-    card = queries.card_get(actor=_actor(request), board_key=key, number=number)
-    board = card.board
-    if request.method == "GET":
-        if _wants_fragment(request):
-            return _render(request, f"{BOARD}#card-dialog", _dialog_context(request, card))
-        context = queries.board_view(board=board, actor=_actor(request), filters=_filters(request))
-        context |= _dialog_context(request, card)
-        context["open_card"] = card
-        return _render(request, BOARD, context)
+    card = queries.card_get(actor=request.actor, board_key=key, number=number)
+    if request.method == "POST":
+        return _card_save(request, card)
+    return page_or_fragment_render(
+        request,
+        page=BOARD,
+        fragment=f"{BOARD}#card-dialog",
+        context=_dialog_context(request, card),
+        page_context=lambda: _board_behind(request, card, filters=_filters(request)),
+    )
 
-    queries.board_get(actor=_actor(request), key=key, at_least=Role.EDITOR)
+
+def _card_save(request: FluxRequest, card: Card) -> HttpResponse:
+    board, key, number = card.board, card.board.key, card.number
+    queries.board_get(actor=request.actor, key=key, at_least=Role.EDITOR)
     labels = queries.card_label_choices(card=card)
     members = queries.board_members(board=board)
     form = CardEditForm(request.POST, labels=labels, members=members)
@@ -391,8 +398,8 @@ def card_detail(request: HttpRequest, key: str, number: int) -> HttpResponse:
     if form.is_valid():
         data = form.cleaned_data
         try:
-            card = services.card_edit(
-                actor=_actor(request),
+            card = services.card_details_set(
+                actor=request.actor,
                 card_id=card.pk,
                 expected_version=data["version"],
                 title=data["title"],
@@ -402,7 +409,7 @@ def card_detail(request: HttpRequest, key: str, number: int) -> HttpResponse:
                 assignee_ids=data["assignees"],
             )
         except ConflictError as conflict:
-            card = queries.card_get(actor=_actor(request), board_key=key, number=number)
+            card = queries.card_get(actor=request.actor, board_key=key, number=number)
             typed = request.POST.copy()
             typed["version"] = conflict.card.version
             form = CardEditForm(typed, labels=labels, members=members)
@@ -410,33 +417,41 @@ def card_detail(request: HttpRequest, key: str, number: int) -> HttpResponse:
                 "Someone else changed this card while you were editing. Your text is kept "
                 "below; check the card and save again."
             )
-            status = 409
+            status = refusal_status(conflict)
         except ValidationError as invalid:
             for field, errors in invalid.message_dict.items():
                 form.add_error(field if field in form.fields else None, errors)
-            status = 422
+            status = refusal_status(invalid)
         else:
             if not request.htmx:
                 return _after_post(request, board, f"{card.ref} saved.")
-            card = queries.card_get(actor=_actor(request), board_key=key, number=number)
+            card = queries.card_get(actor=request.actor, board_key=key, number=number)
             context = _dialog_context(request, card, saved=True)
             context |= _column_context(request, board, [card.column_id])
-            return _render(request, f"{BOARD}#card-saved", context)
+            return fragment_render(request, fragment=f"{BOARD}#card-saved", context=context)
     else:
-        status = 422
-    if not request.htmx:
-        context = queries.board_view(board=board, actor=_actor(request))
-        context |= _dialog_context(request, card, form=form, notice=notice)
-        context["open_card"] = card
-        return _render(request, BOARD, context, status=status)
-    context = _dialog_context(request, card, form=form, notice=notice)
-    return _render(request, f"{BOARD}#card-dialog", context, status=status)
-
-
-def _card_action(request: HttpRequest, key: str, number: int, action) -> HttpResponse:
-    card = queries.card_get(
-        actor=_actor(request), board_key=key, number=number, at_least=Role.EDITOR
+        status = INVALID_INPUT_STATUS
+    return page_or_fragment_render(
+        request,
+        page=BOARD,
+        fragment=f"{BOARD}#card-dialog",
+        context=_dialog_context(request, card, form=form, notice=notice),
+        page_context=lambda: _board_behind(request, card),
+        status=status,
     )
+
+
+def _board_behind(
+    request: FluxRequest, card: Card, *, filters: queries.CardFilter = queries.NO_FILTER
+) -> dict:
+    """The board page a card dialog opens over when it is a whole page of its own."""
+    context = queries.board_page_read(board=card.board, actor=request.actor, filters=filters)
+    context["open_card"] = card
+    return context
+
+
+def _card_action(request: FluxRequest, key: str, number: int, action) -> HttpResponse:
+    card = queries.card_get(actor=request.actor, board_key=key, number=number, at_least=Role.EDITOR)
     try:
         action(card)
     except (WipLimitError, ValidationError) as refused:
@@ -445,72 +460,71 @@ def _card_action(request: HttpRequest, key: str, number: int, action) -> HttpRes
             messages.error(request, refusal_message(refused))
             return redirect(reverse("boards:card", args=[key, number]))
         context = _dialog_context(request, card, notice=refusal_message(refused))
-        status = 409 if isinstance(refused, WipLimitError) else 422
-        return _render(request, f"{BOARD}#card-dialog", context, status=status)
+        return fragment_render(
+            request,
+            fragment=f"{BOARD}#card-dialog",
+            context=context,
+            status=refusal_status(refused),
+        )
     if not request.htmx:
         return redirect(reverse("boards:card", args=[key, number]))
-    card = queries.card_get(actor=_actor(request), board_key=key, number=number)
+    card = queries.card_get(actor=request.actor, board_key=key, number=number)
     context = _dialog_context(request, card)
     context |= _column_context(request, card.board, [card.column_id])
-    return _render(request, f"{BOARD}#card-saved", context)
+    return fragment_render(request, fragment=f"{BOARD}#card-saved", context=context)
 
 
 @require_POST
-def card_archive_view(request: HttpRequest, key: str, number: int) -> HttpResponse:
+def card_archive_view(request: FluxRequest, key: str, number: int) -> HttpResponse:
     return _card_action(
         request,
         key,
         number,
-        lambda card: services.card_archive(actor=_actor(request), card_id=card.pk),
+        lambda card: services.card_archive(actor=request.actor, card_id=card.pk),
     )
 
 
 @require_POST
-def card_restore_view(request: HttpRequest, key: str, number: int) -> HttpResponse:
+def card_restore_view(request: FluxRequest, key: str, number: int) -> HttpResponse:
     return _card_action(
         request,
         key,
         number,
-        lambda card: services.card_restore(actor=_actor(request), card_id=card.pk),
+        lambda card: services.card_restore(actor=request.actor, card_id=card.pk),
     )
 
 
 @require_POST
-def comment_add_view(request: HttpRequest, key: str, number: int) -> HttpResponse:
-    card = queries.card_get(
-        actor=_actor(request), board_key=key, number=number, at_least=Role.EDITOR
-    )
+def comment_add_view(request: FluxRequest, key: str, number: int) -> HttpResponse:
+    card = queries.card_get(actor=request.actor, board_key=key, number=number, at_least=Role.EDITOR)
     form = CommentForm(request.POST)
     status = 200
     if form.is_valid():
         try:
             services.comment_add(
-                actor=_actor(request), card_id=card.pk, body=form.cleaned_data["body"]
+                actor=request.actor, card_id=card.pk, body=form.cleaned_data["body"]
             )
         except ValidationError as invalid:
             form.add_error("body", invalid.messages)
-            status = 422
+            status = refusal_status(invalid)
         else:
             form = CommentForm()
     else:
-        status = 422
+        status = INVALID_INPUT_STATUS
     if not request.htmx:
         return redirect(reverse("boards:card", args=[key, number]))
     context = _dialog_context(request, card)
     context["comment_form"] = form
-    return _render(request, f"{BOARD}#card-talk", context, status=status)
+    return fragment_render(request, fragment=f"{BOARD}#card-talk", context=context, status=status)
 
 
 @require_http_methods(["GET", "POST"])
-def token_settings(request: HttpRequest) -> HttpResponse:
+def token_settings(request: FluxRequest) -> HttpResponse:
     """The user's API tokens: make one (its secret shown once, on this response) or revoke."""
-    actor = _actor(request)
+    actor = request.actor
     secret, made, form = "", None, TokenForm(actor=actor)
     if request.method == "POST" and "revoke" in request.POST:
-        try:
-            token_id = int(request.POST["revoke"])
-        except ValueError:
-            token_id = 0
+        token_id = number_parse(request.POST["revoke"]) or 0  # no token has id 0
         token = token_revoke(actor=actor, token_id=token_id)
         messages.success(request, f"Token {token.name!r} revoked.")
         return redirect("tokens")
@@ -533,7 +547,7 @@ def token_settings(request: HttpRequest) -> HttpResponse:
     tokens = request.user.api_tokens.prefetch_related("boards").order_by("-created_at")
     context = {"tokens": tokens, "form": form, "secret": secret, "made": made}
     response = render(
-        request, "boards/tokens.html", context, status=200 if not form.errors else 422
+        request, "boards/tokens.html", context, status=INVALID_INPUT_STATUS if form.errors else 200
     )
     if secret:
         response["Cache-Control"] = "no-store"

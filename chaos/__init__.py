@@ -1,4 +1,4 @@
-"""The fault-injection run behind `make chaos` (`python -m chaos [--quick]`), issue 9.
+"""The fault-injection run behind `make chaos` (`python -m chaos [--quick]`).
 
 It brings up a production-like Flux on this machine, all of it private to the run: its own
 PostgreSQL cluster (initdb under var/chaos/pg, a free port) and its own Redis (no

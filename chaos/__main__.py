@@ -6,7 +6,7 @@ import sys
 import time
 
 from bench import env
-from chaos import scenarios, services
+from chaos import processes, scenarios
 from chaos.report import table, write_json
 
 
@@ -19,7 +19,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     only = [name for name in args.only.split(",") if name] or list(scenarios.FAULTS)
     began = time.monotonic()
-    services.HERE.mkdir(parents=True, exist_ok=True)
+    processes.HERE.mkdir(parents=True, exist_ok=True)
     stack = scenarios.Stack(quick=args.quick)
     results = []
     try:

@@ -5,7 +5,7 @@ import time
 from dataclasses import dataclass
 
 from bench import env
-from chaos import checks, services
+from chaos import checks, processes
 from chaos.report import Scenario, traffic_figures
 
 FAULTS = ["redis", "pg", "worker", "beat"]
@@ -35,11 +35,11 @@ class Stack:
 
     def __init__(self, *, quick: bool):
         self.timing = QUICK if quick else FULL
-        self.pg = services.Postgres()
-        self.redis = services.Redis()
+        self.pg = processes.Postgres()
+        self.redis = processes.Redis()
         self.server = None
-        self.worker: services.Celery | None = None
-        self.beats: list[services.Celery] = []
+        self.worker: processes.Celery | None = None
+        self.beats: list[processes.Celery] = []
         self.traffic = None
         self.boards = []
         self.settings = {}
@@ -49,7 +49,7 @@ class Stack:
         self.pg.create()
         self.pg.start()
         self.redis.start()
-        # bench.env holds the production-like settings; pointed at the private services.
+        # bench.env's production-like settings, pointed at this run's own PostgreSQL and Redis.
         env.DATABASE_URL, env.REDIS_URL = self.pg.url, self.redis.url
         env.PRODUCTION.update({
             "DATABASE_URL": self.pg.url, "REDIS_URL": self.redis.url,
@@ -62,13 +62,13 @@ class Stack:
         env.migrate()
         self._data()
         self.celery_env = {**os.environ, **env.PRODUCTION}
-        self.worker = services.worker(self.celery_env, 1)
+        self.worker = processes.worker(self.celery_env, 1)
         self.worker.start()
-        self.beats = [services.beat(self.celery_env, 1)]
+        self.beats = [processes.beat(self.celery_env, 1)]
         self.beats[0].start()
         from bench.server import Server
 
-        self.server = Server(workers=3, log_path=services.HERE / "web.log")
+        self.server = Server(workers=3, log_path=processes.HERE / "web.log")
         try:
             self.server.__enter__()
         except BaseException:
@@ -86,7 +86,7 @@ class Stack:
     def _data(self) -> None:
         from activity.log import Actor
         from bench import data
-        from boards import services as board_services
+        from boards import services
         from boards.tokens import token_create
         from chaos.traffic import STAGES, BoardInfo
 
@@ -101,7 +101,7 @@ class Stack:
             cards = {}
             for index in range(CARDS_PER_BOARD):
                 column = columns[STAGES[index % len(STAGES)]]
-                card = board_services.card_create(
+                card = services.card_create(
                     actor=actor, board_id=board.pk, title=f"Chaos card {index}", column_id=column
                 )
                 cards[card.number] = card.pk
@@ -246,7 +246,7 @@ def redis(stack: Stack) -> Scenario:
     scenario.check("the Celery worker survived the outage", survived)
     if not survived:  # restart it, as the container's restart policy would, and go on
         scenario.notes.append("the worker exited during the outage; see var/chaos/worker-1.log")
-        stack.worker = services.worker(stack.celery_env, 3)
+        stack.worker = processes.worker(stack.celery_env, 3)
         stack.worker.start()
     _ledger(scenario, stack)
     _rebuild(scenario, marks["up"])
@@ -315,7 +315,7 @@ def worker(stack: Stack) -> Scenario:
     scenario.figures["applied when killed"] = done_at_kill
     scenario.figures["left when killed"] = left
     scenario.check("killed in the middle of the rollup", done_at_kill > 0 and left > 0)
-    stack.worker = services.worker(stack.celery_env, 2)
+    stack.worker = processes.worker(stack.celery_env, 2)
     stack.worker.start()
     caught = checks.wait_caught_up(VISIBILITY_TIMEOUT + 120)
     scenario.figures["recovery s"] = round(time.monotonic() - killed, 1) if caught else None
@@ -335,7 +335,7 @@ def beat(stack: Stack) -> Scenario:
     for process in stack.beats:
         process.stop()
     fast = {**stack.celery_env, "ROLLUPS_EVERY_SECONDS": "2"}
-    stack.beats = [services.beat(fast, 1), services.beat(fast, 2)]
+    stack.beats = [processes.beat(fast, 1), processes.beat(fast, 2)]
     sent_before = [b.log_text().count("Sending due task") for b in stack.beats]
     for process in stack.beats:
         process.start()

@@ -4,6 +4,7 @@ from django.http import HttpRequest
 from ninja import Field, Query, Router, Schema
 
 from boards import queries
+from boards.models import LABEL_NAME_MAX_LENGTH
 from boards.problems import ERRORS, IsoDateTime
 from delivery.export import ExportFilter, deployments_csv_response
 
@@ -14,7 +15,9 @@ class ExportQuery(Schema):
     board: str | None = Field(None, pattern=r"^[A-Za-z][A-Za-z0-9]{1,9}$")
     since: IsoDateTime | None = Field(None, description="Deployed at or after (UTC).")
     until: IsoDateTime | None = Field(None, description="Deployed before (UTC).")
-    release: str | None = Field(None, max_length=50, description="Only this version.")
+    release: str | None = Field(
+        None, max_length=LABEL_NAME_MAX_LENGTH, description="Only this version."
+    )
 
 
 @router.get(

@@ -27,10 +27,11 @@ from django.db.models import Count, F, Max, OuterRef, Q, QuerySet, Subquery
 from django.db.models import Window as SqlWindow
 from django.db.models.functions import RowNumber, TruncWeek
 
-from activity import clock
+from activity import clock, events
+from activity.events import EventKind
 from activity.log import Actor
 from activity.models import Event
-from boards.models import Board, Card, Label, LabelKind, Stage
+from boards.models import LABEL_NAME_MAX_LENGTH, Board, Card, Label, LabelKind, Stage
 from boards.queries import board_list, boards_visible
 from delivery.metrics import (
     DAY,
@@ -55,9 +56,34 @@ RECENT_DEPLOYMENTS = 15
 SCATTER_LIMIT = 2000  # the newest points; the percentile lines still use every delivery
 RELEASE_NAMES = 50
 RECENT_RELEASES = 8
-RELEASE_NAME_MAX = 50  # Label.name's length
 
-FLOW_KINDS = ("card.created", "card.moved", "card.archived", "card.restored")
+# The events that place a card in a stage (the cumulative flow, when work began), and the
+# one that moves a whole column to another stage.
+FLOW_KINDS = (
+    EventKind.CARD_CREATED,
+    EventKind.CARD_MOVED,
+    EventKind.CARD_ARCHIVED,
+    EventKind.CARD_RESTORED,
+)
+KINDS_READ: frozenset[EventKind] = frozenset({*FLOW_KINDS, EventKind.COLUMN_UPDATED})
+# Deliveries come from the projections (delivery.rollups), the rest changes no card's stage.
+KINDS_IGNORED: frozenset[EventKind] = frozenset(
+    {
+        EventKind.BOARD_CREATED,
+        EventKind.BOARD_UPDATED,
+        EventKind.COLUMN_CREATED,
+        EventKind.MEMBERSHIP_SET,
+        EventKind.MEMBERSHIP_REMOVED,
+        EventKind.LABEL_CREATED,
+        EventKind.LABEL_UPDATED,
+        EventKind.CARD_UPDATED,
+        EventKind.CARD_LABELLED,
+        EventKind.CARD_UNLABELLED,
+        EventKind.CARD_ASSIGNED,
+        EventKind.COMMENT_ADDED,
+        EventKind.DEPLOYMENT_RECORDED,
+    }
+)
 WIP_STAGES = (Stage.IN_PROGRESS.value, Stage.REVIEW.value, Stage.STAGING.value)
 AGING_STAGES = (Stage.TODO.value, *WIP_STAGES)
 
@@ -117,7 +143,7 @@ def window_days_parse(value: str | None) -> int:
 
 def release_name_parse(value: str | None) -> str:
     """A release name from a query-string value: trimmed, at most a label's length; "" for none."""
-    return str(value or "").replace("\x00", "").strip()[:RELEASE_NAME_MAX]
+    return str(value or "").replace("\x00", "").strip()[:LABEL_NAME_MAX_LENGTH]
 
 
 def duration_text(seconds: float | None) -> str:
@@ -261,12 +287,16 @@ def deployments_recent(
 
 def _placement(kind: str, payload: dict[str, Any]) -> tuple[int | None, str, bool]:
     """(column id, stage, open) of a card after one of its FLOW_KINDS events."""
-    if kind == "card.created":
-        card = payload["card"]
-        return card.get("column_id"), card["stage"], not card.get("archived", False)
-    if kind == "card.moved":
-        return payload["to"].get("column_id"), payload["to"]["stage"], True
-    return payload.get("column_id"), payload["stage"], kind == "card.restored"
+    match events.read(kind, payload):
+        case events.CardCreated(card=card):
+            return card.get("column_id"), card["stage"], not card.get("archived", False)
+        case events.CardMoved(to=to):
+            return to.get("column_id"), to["stage"], True
+        case events.CardArchived(column_id=column_id, stage=stage):
+            return column_id, stage, False
+        case events.CardRestored(column_id=column_id, stage=stage):
+            return column_id, stage, True
+    raise events.MalformedEvent(f"a {kind} event does not place a card")
 
 
 @dataclass
@@ -315,15 +345,15 @@ def flow_by_day(*, board_id: int, days: int, now: datetime.datetime) -> list[Flo
         .order_by("occurred_at", "id")
         .values_list(*fields)
     )
-    restagings = [
-        (at, pk, payload["column_id"], payload["changes"]["stage"]["new"])
-        for at, pk, payload in Event.objects.filter(
-            board_id=board_id, kind="column.updated", occurred_at__lte=now
-        )
+    restagings: list[tuple[datetime.datetime, int, int, str]] = []
+    for at, pk, payload in (
+        Event.objects.filter(board_id=board_id, kind=EventKind.COLUMN_UPDATED, occurred_at__lte=now)
         .order_by("occurred_at", "id")
         .values_list("occurred_at", "id", "payload")
-        if "stage" in payload.get("changes", {})
-    ]
+    ):
+        update = events.ColumnUpdated.from_payload(payload)
+        if "stage" in update.changes:
+            restagings.append((at, pk, update.column_id, update.changes["stage"]["new"]))
 
     state = _FlowState()
     for at, pk, card_id, kind, payload in latest_before:
@@ -364,8 +394,8 @@ def wip_ages(*, board_id: int, now: datetime.datetime) -> list[AgingCard]:
     started = (
         Event.objects.filter(card=OuterRef("pk"))
         .filter(
-            Q(kind="card.moved", payload__to__stage=Stage.IN_PROGRESS.value)
-            | Q(kind="card.created", payload__card__stage=Stage.IN_PROGRESS.value)
+            Q(kind=EventKind.CARD_MOVED, payload__to__stage=Stage.IN_PROGRESS.value)
+            | Q(kind=EventKind.CARD_CREATED, payload__card__stage=Stage.IN_PROGRESS.value)
         )
         .order_by("occurred_at", "id")
         .values("occurred_at")[:1]
@@ -494,7 +524,7 @@ def _under_way(card: AgingCard, now: datetime.datetime) -> float:
     return max(0.0, (now - (card.started_at or card.entered_column_at)).total_seconds())
 
 
-def insights_view(
+def insights_page_read(
     *, board: Board, actor: Actor, days: int, now: datetime.datetime | None = None
 ) -> dict:
     """The insights page's context for a board already permitted: a fixed number of queries."""
@@ -626,7 +656,7 @@ class ServiceRow:
         return x, y
 
 
-def services_view(*, actor: Actor, now: datetime.datetime | None = None) -> list[ServiceRow]:
+def service_rows_read(*, actor: Actor, now: datetime.datetime | None = None) -> list[ServiceRow]:
     """Every board the actor may see with its delivery numbers side by side: 4 queries."""
     now = now or clock.now()
     rows = {board.pk: ServiceRow(board=board) for board in board_list(actor=actor)}

@@ -6,6 +6,12 @@ same rows. The tables keep the names they were created with (`activity_*`).
 from django.db import models
 
 from activity.models import Event
+from boards.models import (
+    DEPLOYMENT_URL_MAX_LENGTH,
+    ENVIRONMENT_MAX_LENGTH,
+    LABEL_NAME_MAX_LENGTH,
+    USERNAME_MAX_LENGTH,
+)
 
 
 class DeploymentKind(models.TextChoices):
@@ -19,14 +25,14 @@ class Deployment(models.Model):
     event = models.OneToOneField(Event, on_delete=models.PROTECT, related_name="+")
     board = models.ForeignKey("boards.Board", on_delete=models.PROTECT, related_name="+")
     kind = models.CharField(max_length=10, choices=DeploymentKind.choices)
-    version = models.CharField(max_length=50, blank=True)
-    environment = models.CharField(max_length=50)
+    version = models.CharField(max_length=LABEL_NAME_MAX_LENGTH, blank=True)
+    environment = models.CharField(max_length=ENVIRONMENT_MAX_LENGTH)
     status = models.CharField(max_length=10)
     deployed_at = models.DateTimeField()
-    url = models.CharField(max_length=500, blank=True)
+    url = models.CharField(max_length=DEPLOYMENT_URL_MAX_LENGTH, blank=True)
     commit_shas = models.JSONField(default=list)
     source = models.CharField(max_length=10)
-    actor_name = models.CharField(max_length=150)
+    actor_name = models.CharField(max_length=USERNAME_MAX_LENGTH)
 
     class Meta:
         db_table = "activity_deployment"

@@ -5,13 +5,20 @@ import time
 
 from celery import shared_task
 
+from activity import events
+from activity.events import EventKind
 from activity.log import once_on_commit
 from activity.models import Event
+from boards.models import Stage
 from delivery.rollups import rollups_advance
 
 logger = logging.getLogger(__name__)
 
 PAUSE_AFTER_BROKER_FAILURE = 10.0  # seconds
+# The kinds that may deliver a card, and so are worth the rollups' running at once.
+DELIVERING_KINDS: frozenset[EventKind] = frozenset(
+    {EventKind.DEPLOYMENT_RECORDED, EventKind.CARD_MOVED}
+)
 _paused_until = 0.0
 
 
@@ -24,12 +31,13 @@ def rollups_advance_task() -> int:
 def event_recorded(event: Event) -> None:
     """A card reached Deployed, or a deployment was recorded: catch the rollups up after
     commit (registered with `activity.log.listener_add` by the app's ready())."""
-    payload = event.payload
-    delivers = event.kind == "deployment.recorded" or (
-        event.kind == "card.moved" and payload.get("to", {}).get("stage") == "deployed"
-    )
-    if delivers:
-        once_on_commit(rollups_soon)
+    if event.kind not in DELIVERING_KINDS:  # the periodic run applies the others
+        return
+    match events.read(event.kind, event.payload):
+        case events.DeploymentRecorded():
+            once_on_commit(rollups_soon)
+        case events.CardMoved(to=to) if to.get("stage") == Stage.DEPLOYED:
+            once_on_commit(rollups_soon)
 
 
 def rollups_soon() -> None:

@@ -8,6 +8,6 @@ app_name = "delivery"
 urlpatterns = [
     path("b/<key:key>/insights/", views.board_insights, name="insights"),
     path("b/<key:key>/insights/deployments.csv", views.deployments_csv, name="board-csv"),
-    path("services/", views.services, name="services"),
+    path("services/", views.services_overview, name="services"),
     path("services/deployments.csv", views.deployments_csv, name="services-csv"),
 ]

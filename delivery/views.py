@@ -4,32 +4,31 @@ Both pages are plain GETs whose state lives in the URL (the window, the release)
 be bookmarked and shared; permission is the board page's own (`boards.queries.board_get`).
 """
 
-from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
+from django.http import HttpResponse, StreamingHttpResponse
 from django.shortcuts import render
-from django.utils.cache import patch_vary_headers
 from django.views.decorators.http import require_GET
 
-from activity.log import Actor
 from boards.queries import board_get, boards_visible
+from boards.rendering import FluxRequest, page_or_fragment_render
 from delivery import insights
 from delivery.export import ExportFilter, deployments_csv_response
 
-SERVICES = "delivery/services.html"
+INSIGHTS = "delivery/insights.html"
+OVERVIEW = "delivery/services.html"  # the Services page: every board as a service
 
 
 @require_GET
-def board_insights(request: HttpRequest, key: str) -> HttpResponse:
-    actor = Actor(user=request.user)
-    board = board_get(actor=actor, key=key)
+def board_insights(request: FluxRequest, key: str) -> HttpResponse:
+    board = board_get(actor=request.actor, key=key)
     days = insights.window_days_parse(request.GET.get("days"))
-    context = insights.insights_view(board=board, actor=actor, days=days)
-    return render(request, "delivery/insights.html", context)
+    context = insights.insights_page_read(board=board, actor=request.actor, days=days)
+    return render(request, INSIGHTS, context)
 
 
 @require_GET
-def services(request: HttpRequest) -> HttpResponse:
+def services_overview(request: FluxRequest) -> HttpResponse:
     """Every permitted service side by side; `?release=<name>` adds where its cards are."""
-    actor = Actor(user=request.user)
+    actor = request.actor
     release = insights.release_name_parse(request.GET.get("release"))
     found = insights.release_cards(actor=actor, name=release) if release else []
     context = {
@@ -37,21 +36,23 @@ def services(request: HttpRequest) -> HttpResponse:
         "release_boards": found,
         "release_found": any(entry.cards for entry in found),
     }
-    if request.htmx and not request.htmx.history_restore_request:
-        response = render(request, f"{SERVICES}#release-results", context)
-    else:
-        context["rows"] = insights.services_view(actor=actor)
-        context["release_names"] = insights.release_names(actor=actor)
-        context["releases_recent"] = insights.releases_recent(actor=actor)
-        response = render(request, SERVICES, context)
-    patch_vary_headers(response, ["HX-Request"])
-    return response
+    return page_or_fragment_render(
+        request,
+        page=OVERVIEW,
+        fragment=f"{OVERVIEW}#release-results",
+        context=context,
+        page_context=lambda: {
+            "rows": insights.service_rows_read(actor=actor),
+            "release_names": insights.release_names(actor=actor),
+            "releases_recent": insights.releases_recent(actor=actor),
+        },
+    )
 
 
 @require_GET
-def deployments_csv(request: HttpRequest, key: str | None = None) -> StreamingHttpResponse:
+def deployments_csv(request: FluxRequest, key: str | None = None) -> StreamingHttpResponse:
     """Deployment history as CSV: one board's (from its insights page) or every permitted one's."""
-    actor = Actor(user=request.user)
+    actor = request.actor
     if key is not None:
         board = board_get(actor=actor, key=key)
         board_ids, filename = frozenset([board.pk]), f"flux-{board.key}-deployments.csv"

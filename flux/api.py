@@ -17,7 +17,7 @@ from ninja.errors import AuthenticationError, HttpError
 from ninja.errors import ValidationError as NinjaValidationError
 from ninja.security import HttpBearer
 
-from boards.errors import ConflictError, FluxError, WipLimitError, refusal_message
+from boards.errors import FluxError, refusal_message, refusal_status
 from boards.tokens import token_actor, token_authenticate
 
 PROBLEM_TYPES = "https://flux.invalid/problems/"
@@ -125,7 +125,11 @@ def _invalid(request, error: NinjaValidationError):
 @api.exception_handler(DjangoValidationError)
 def _refused_input(request, error: DjangoValidationError):
     return problem(
-        request, status=422, title="Invalid request", detail=refusal_message(error), slug="invalid"
+        request,
+        status=refusal_status(error),
+        title="Invalid request",
+        detail=refusal_message(error),
+        slug="invalid",
     )
 
 
@@ -187,26 +191,13 @@ def _http_error(request, error: HttpError):
 
 @api.exception_handler(FluxError)
 def _service_refusal(request, error: FluxError):
-    slug = {404: "not-found", 403: "forbidden"}.get(error.status, "refused")
-    if isinstance(error, ConflictError):
-        slug = "stale-version"
-        return problem(
-            request,
-            status=409,
-            title="Conflict",
-            detail=error.message,
-            slug=slug,
-            current_version=error.card.version,
-        )
-    if isinstance(error, WipLimitError):
-        slug = "wip-limit"
-    titles = {404: "Not found", 403: "Forbidden", 409: "Conflict"}
     return problem(
         request,
         status=error.status,
-        title=titles.get(error.status, "Refused"),
+        title=error.title,
         detail=error.message,
-        slug=slug,
+        slug=error.slug,
+        **error.details,
     )
 
 

@@ -25,14 +25,15 @@ def _lost_connections_are_connection_errors() -> None:
     from kombu.transport import redis as kombu_redis
     from redis.exceptions import ConnectionError as RedisConnectionError
 
-    connparams = kombu_redis.Channel._connparams
+    # _connparams is kombu's private method: its stubs (celery-types) leave it out.
+    connparams = kombu_redis.Channel._connparams  # type: ignore[attr-defined]
 
     def _connparams(self, *args, **kwargs):
         if self.connection is None:
             raise RedisConnectionError("the connection to Redis is closed")
         return connparams(self, *args, **kwargs)
 
-    kombu_redis.Channel._connparams = _connparams
+    kombu_redis.Channel._connparams = _connparams  # type: ignore[attr-defined]
 
 
 _lost_connections_are_connection_errors()

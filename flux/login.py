@@ -20,6 +20,7 @@ import hashlib
 import logging
 import math
 import time
+from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
 from django.contrib.admin.forms import AdminAuthenticationForm
@@ -92,10 +93,18 @@ def login_succeeded(*, username: str) -> None:
         logger.warning("login throttle: cache unavailable", exc_info=True)
 
 
-class ThrottledLoginMixin:
+# The mixin is only ever mixed into an AuthenticationForm: the type checker is told so, and
+# at run time its base stays plain object.
+if TYPE_CHECKING:
+    _LoginForm = AuthenticationForm
+else:
+    _LoginForm = object
+
+
+class ThrottledLoginMixin(_LoginForm):
     """For AuthenticationForm subclasses: refuse locked-out attempts, count failures."""
 
-    def clean(self):
+    def clean(self) -> dict[str, Any]:
         username = self.cleaned_data.get("username") or ""
         address = _client_address(self.request)
         wait = login_retry_after(username=username, address=address)

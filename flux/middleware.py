@@ -1,6 +1,7 @@
 """Request plumbing: a request id and client id per request, early refusal of oversized
-bodies, the services' refusals as clear 4xx pages, idempotent API retries, login required,
-and a clear 503 while the database is unreachable."""
+bodies, the services' refusals as clear 4xx pages, idempotent API retries, login required
+(and the signed-in user as the pages' actor), and a clear 503 while the database is
+unreachable."""
 
 import hashlib
 import logging
@@ -19,8 +20,14 @@ from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
 
 from activity import log as activity_log
-from boards.errors import FluxError, ForbiddenError, NotFoundError, refusal_message
-from boards.models import IdempotencyKey
+from boards.errors import (
+    FluxError,
+    ForbiddenError,
+    NotFoundError,
+    refusal_message,
+    refusal_status,
+)
+from boards.models import IDEMPOTENCY_KEY_MAX_LENGTH, IdempotencyKey
 from boards.tokens import token_authenticate
 
 request_logger = logging.getLogger("flux.request")
@@ -219,9 +226,8 @@ class ServiceErrorMiddleware:
         if isinstance(exception, ForbiddenError):
             raise PermissionDenied(exception.message) from exception
         if isinstance(exception, FluxError | ValidationError):
-            status = exception.status if isinstance(exception, FluxError) else 422
             context = {"message": refusal_message(exception)}
-            return render(request, "error.html", context, status=status)
+            return render(request, "error.html", context, status=refusal_status(exception))
         return None
 
 
@@ -246,8 +252,12 @@ class IdempotencyMiddleware:
         key = request.headers.get("Idempotency-Key")
         if request.method != "POST" or not key or not request.path.startswith(self.PREFIX):
             return self.get_response(request)
-        if len(key) > 200:
-            return _problem(400, "Bad request", "An Idempotency-Key is at most 200 characters.")
+        if len(key) > IDEMPOTENCY_KEY_MAX_LENGTH:
+            return _problem(
+                400,
+                "Bad request",
+                f"An Idempotency-Key is at most {IDEMPOTENCY_KEY_MAX_LENGTH} characters.",
+            )
         # Keys belong to a live token: a revoked or unknown one gets the route's own 401.
         bearer = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
         token = token_authenticate(bearer) if bearer else None
@@ -290,11 +300,14 @@ def _problem(status: int, title: str, detail: str) -> JsonResponse:
 
 
 class LoginRequiredMiddleware(DjangoLoginRequiredMiddleware):
-    """Every page needs a signed-in user, except the token-authenticated API."""
+    """Every page needs a signed-in user and acts as them (`request.actor`); the API is left
+    to its token auth, which sets the token's narrower actor."""
 
     def process_view(self, request, view_func, view_args, view_kwargs):
         if request.path.startswith(IdempotencyMiddleware.PREFIX):
             return None
+        # Lazy like request.user: building the actor loads nothing.
+        request.actor = activity_log.Actor(user=request.user)
         return super().process_view(request, view_func, view_args, view_kwargs)
 
 

@@ -6,14 +6,26 @@ a database read per request instead of an error page.
 """
 
 import logging
+from typing import TYPE_CHECKING, Any
 
 from django.contrib.sessions.backends.cached_db import SessionStore as CachedDBStore
+
+if TYPE_CHECKING:
+    from django.contrib.sessions.base_session import AbstractBaseSession
+    from django.core.cache.backends.base import BaseCache
 
 logger = logging.getLogger("django.contrib.sessions")
 
 
 class SessionStore(CachedDBStore):
-    def load(self):
+    if TYPE_CHECKING:
+        # Django's private members that this store builds on and django-stubs leaves out: the
+        # cache cached_db's __init__ sets, and db's read of the row (None: none, or expired).
+        _cache: BaseCache
+
+        def _get_session_from_db(self) -> AbstractBaseSession | None: ...
+
+    def load(self) -> dict[str, Any]:
         try:
             data = self._cache.get(self.cache_key)
         except Exception:
@@ -31,7 +43,7 @@ class SessionStore(CachedDBStore):
             logger.warning("session cache unavailable", exc_info=True)
         return data
 
-    def exists(self, session_key):
+    def exists(self, session_key: str) -> bool:
         try:
             if session_key and (self.cache_key_prefix + session_key) in self._cache:
                 return True
@@ -39,7 +51,7 @@ class SessionStore(CachedDBStore):
             logger.warning("session cache unavailable; asking the database", exc_info=True)
         return super(CachedDBStore, self).exists(session_key)
 
-    def delete(self, session_key=None):
+    def delete(self, session_key: str | None = None) -> None:
         key = session_key or self.session_key
         super(CachedDBStore, self).delete(session_key)
         if key is None:

@@ -7,6 +7,7 @@ from ninja import Field, Query, Router, Schema
 
 from activity.models import Event
 from boards import queries
+from boards.models import MAX_ID
 from boards.problems import ERRORS
 
 router = Router(tags=["activity"])
@@ -30,7 +31,7 @@ class EventPage(Schema):
 
 
 class EventQuery(Schema):
-    after: int = Field(0, ge=0, le=9_223_372_036_854_775_807, description="Events after this id.")
+    after: int = Field(0, ge=0, le=MAX_ID, description="Events after this id.")
     limit: int = Field(100, ge=1, le=1000)
 
 

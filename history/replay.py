@@ -24,12 +24,14 @@ from typing import Any
 from django.contrib.auth import get_user_model
 from django.db.models import Max
 
+from activity import events
+from activity.events import EventKind
 from activity.models import ChainHead, Event
 from history.models import BoardSnapshot
 
 FORMAT = 1
 SNAPSHOT_EVERY = 1000
-EVENT_FIELDS = ("seq", "hash", "kind", "payload", "occurred_at", "actor_id", "card_id")
+EVENT_FIELDS = ("seq", "hash", "kind", "payload", "occurred_at", "actor_id", "card_id", "id")
 
 
 class BoardNotReplayable(LookupError):
@@ -167,13 +169,13 @@ def _date(value: str | None) -> datetime.date | None:
 Row = tuple  # EVENT_FIELDS
 
 
-def _touched(card: CardState, p: dict, occurred_at: datetime.datetime) -> None:
-    card.version = p.get("version", card.version + 1)
-    card.updated_at = _time(p["updated_at"]) if "updated_at" in p else occurred_at
+def _touched(card: CardState, p: events.CardChange, occurred_at: datetime.datetime) -> None:
+    card.version = p.version if p.version is not None else card.version + 1
+    card.updated_at = _time(p.updated_at) if p.updated_at is not None else occurred_at
 
 
-def _board_created(state: BoardState | None, p: dict, row: Row) -> BoardState:
-    board = p["board"]
+def _board_created(state: BoardState | None, p: events.BoardCreated, row: Row) -> BoardState:
+    board = p.board
     created = board.get("created_at")
     state = BoardState(
         id=board["id"],
@@ -182,21 +184,19 @@ def _board_created(state: BoardState | None, p: dict, row: Row) -> BoardState:
         description=board.get("description", ""),
         created_at=_time(created) if created else row[4],
     )
-    for column in p.get("columns", []):
-        _column_created(state, {"column": column}, row)
-    membership = p.get("membership")
-    if membership:
-        state.members[membership["user_id"]] = membership["role"]
+    for column in p.columns:
+        _column_put(state, column)
+    if p.membership:
+        state.members[p.membership["user_id"]] = p.membership["role"]
     return state
 
 
-def _board_updated(state: BoardState, p: dict, row: Row) -> None:
-    for name, change in p["changes"].items():
+def _board_updated(state: BoardState, p: events.BoardUpdated, row: Row) -> None:
+    for name, change in p.changes.items():
         setattr(state, name, change["new"])
 
 
-def _column_created(state: BoardState, p: dict, row: Row) -> None:
-    c = p["column"]
+def _column_put(state: BoardState, c: events.ColumnSnapshot) -> None:
     state.columns[c["id"]] = ColumnState(
         c["id"],
         c["name"],
@@ -207,33 +207,40 @@ def _column_created(state: BoardState, p: dict, row: Row) -> None:
     )
 
 
-def _column_updated(state: BoardState, p: dict, row: Row) -> None:
-    column = state.columns[p["column_id"]]
-    for name, change in p["changes"].items():
+def _column_created(state: BoardState, p: events.ColumnCreated, row: Row) -> None:
+    _column_put(state, p.column)
+
+
+def _column_updated(state: BoardState, p: events.ColumnUpdated, row: Row) -> None:
+    column = state.columns[p.column_id]
+    for name, change in p.changes.items():
         setattr(column, name, change["new"])
 
 
-def _membership_set(state: BoardState, p: dict, row: Row) -> None:
-    state.members[p["user_id"]] = p["new"]
+def _membership_set(state: BoardState, p: events.MembershipSet, row: Row) -> None:
+    state.members[p.user_id] = p.new
 
 
-def _membership_removed(state: BoardState, p: dict, row: Row) -> None:
-    state.members.pop(p["user_id"], None)
+def _membership_removed(state: BoardState, p: events.MembershipRemoved, row: Row) -> None:
+    state.members.pop(p.user_id, None)
 
 
-def _label_created(state: BoardState, p: dict, row: Row) -> None:
-    label = p["label"]
+def _label_put(state: BoardState, label: events.LabelSnapshot) -> None:
     state.labels[label["id"]] = LabelState(
         label["id"], label["name"], label["colour"], label["kind"]
     )
 
 
-def _label_updated(state: BoardState, p: dict, row: Row) -> None:
-    _label_created(state, {"label": p["new"]}, row)
+def _label_created(state: BoardState, p: events.LabelCreated, row: Row) -> None:
+    _label_put(state, p.label)
 
 
-def _card_created(state: BoardState, p: dict, row: Row) -> None:
-    c, occurred_at = p["card"], row[4]
+def _label_updated(state: BoardState, p: events.LabelUpdated, row: Row) -> None:
+    _label_put(state, p.new)
+
+
+def _card_created(state: BoardState, p: events.CardCreated, row: Row) -> None:
+    c, occurred_at = p.card, row[4]
     state.cards[c["id"]] = CardState(
         id=c["id"],
         number=c["number"],
@@ -256,88 +263,100 @@ def _card_created(state: BoardState, p: dict, row: Row) -> None:
     state.last_card_number = max(state.last_card_number, c["number"])
 
 
-def _card_updated(state: BoardState, p: dict, row: Row) -> None:
+def _card_updated(state: BoardState, p: events.CardUpdated, row: Row) -> None:
     card = state.cards[row[6]]
-    for name, change in p["changes"].items():
+    for name, change in p.changes.items():
         value = change["new"]
         setattr(card, name, _date(value) if name == "due_date" else value)
     _touched(card, p, row[4])
 
 
-def _card_moved(state: BoardState, p: dict, row: Row) -> None:
+def _card_moved(state: BoardState, p: events.CardMoved, row: Row) -> None:
     card = state.cards[row[6]]
-    to = p["to"]
+    to = p.to
     if to["column_id"] != card.column_id:
         card.entered_column_at = row[4]
     card.column_id, card.rank = to["column_id"], to["rank"]
-    if "entered_column_at" in p:
-        card.entered_column_at = _time(p["entered_column_at"])
-    for other_id, rank in p.get("rebalanced", {}).items():
+    if p.entered_column_at is not None:
+        card.entered_column_at = _time(p.entered_column_at)
+    for other_id, rank in p.rebalanced.items():
         state.cards[int(other_id)].rank = rank
     _touched(card, p, row[4])
 
 
-def _card_archived(state: BoardState, p: dict, row: Row) -> None:
+def _card_archived(state: BoardState, p: events.CardArchived, row: Row) -> None:
     card = state.cards[row[6]]
     card.archived = True
     _touched(card, p, row[4])
 
 
-def _card_restored(state: BoardState, p: dict, row: Row) -> None:
+def _card_restored(state: BoardState, p: events.CardRestored, row: Row) -> None:
     card = state.cards[row[6]]
     card.archived = False
-    card.column_id, card.rank = p["column_id"], p["rank"]
+    card.column_id, card.rank = p.column_id, p.rank
     _touched(card, p, row[4])
 
 
-def _card_labelled(state: BoardState, p: dict, row: Row) -> None:
+def _card_labelled(state: BoardState, p: events.CardLabelled, row: Row) -> None:
     card = state.cards[row[6]]
-    card.labels.add(p["label"]["id"])
+    card.labels.add(p.label["id"])
     _touched(card, p, row[4])
 
 
-def _card_unlabelled(state: BoardState, p: dict, row: Row) -> None:
+def _card_unlabelled(state: BoardState, p: events.CardUnlabelled, row: Row) -> None:
     card = state.cards[row[6]]
-    card.labels.discard(p["label"]["id"])
+    card.labels.discard(p.label["id"])
     _touched(card, p, row[4])
 
 
-def _card_assigned(state: BoardState, p: dict, row: Row) -> None:
+def _card_assigned(state: BoardState, p: events.CardAssigned, row: Row) -> None:
     card = state.cards[row[6]]
-    card.assignees = set(p["new"])
+    card.assignees = set(p.new)
     _touched(card, p, row[4])
 
 
-APPLY: dict[str, Callable[[BoardState, dict, Row], None]] = {
-    "board.updated": _board_updated,
-    "column.created": _column_created,
-    "column.updated": _column_updated,
-    "membership.set": _membership_set,
-    "membership.removed": _membership_removed,
-    "label.created": _label_created,
-    "label.updated": _label_updated,
-    "card.created": _card_created,
-    "card.updated": _card_updated,
-    "card.moved": _card_moved,
-    "card.archived": _card_archived,
-    "card.restored": _card_restored,
-    "card.labelled": _card_labelled,
-    "card.unlabelled": _card_unlabelled,
-    "card.assigned": _card_assigned,
-    # comment.added and deployment.recorded change no board state: their effects (labels,
-    # moves) are events of their own.
+# Every kind that changes the board, and how. board.created returns the state it starts (a
+# second one starts it afresh); the others change in place a state that exists, and before
+# a board.created there is none to change.
+APPLY: dict[EventKind, Callable[[Any, Any, Row], BoardState | None]] = {
+    EventKind.BOARD_CREATED: _board_created,
+    EventKind.BOARD_UPDATED: _board_updated,
+    EventKind.COLUMN_CREATED: _column_created,
+    EventKind.COLUMN_UPDATED: _column_updated,
+    EventKind.MEMBERSHIP_SET: _membership_set,
+    EventKind.MEMBERSHIP_REMOVED: _membership_removed,
+    EventKind.LABEL_CREATED: _label_created,
+    EventKind.LABEL_UPDATED: _label_updated,
+    EventKind.CARD_CREATED: _card_created,
+    EventKind.CARD_UPDATED: _card_updated,
+    EventKind.CARD_MOVED: _card_moved,
+    EventKind.CARD_ARCHIVED: _card_archived,
+    EventKind.CARD_RESTORED: _card_restored,
+    EventKind.CARD_LABELLED: _card_labelled,
+    EventKind.CARD_UNLABELLED: _card_unlabelled,
+    EventKind.CARD_ASSIGNED: _card_assigned,
 }
+# Kinds that change no board state: their effects (labels, moves) are events of their own.
+IGNORED: frozenset[EventKind] = frozenset({EventKind.COMMENT_ADDED, EventKind.DEPLOYMENT_RECORDED})
+# What a handler raises when the payload read but does not fit the board replayed so far
+# (a card or column it names is not there, a value of the wrong type).
+_MISFITS = (KeyError, IndexError, TypeError, ValueError, AttributeError)
 
 
 def state_apply(state: BoardState | None, row: Row) -> BoardState | None:
-    """The state after one event row (EVENT_FIELDS)."""
-    kind, payload = row[2], row[3]
-    if kind == "board.created":
-        state = _board_created(state, payload, row)
-    elif state is not None:
-        apply = APPLY.get(kind)
-        if apply is not None:
-            apply(state, payload, row)
+    """The state after one event row (EVENT_FIELDS); MalformedEvent, naming why, when the
+    event cannot be read or applied."""
+    kind = row[2]
+    payload = events.read(kind, row[3])
+    if kind not in IGNORED and (state is not None or kind == EventKind.BOARD_CREATED):
+        apply = APPLY[kind]
+        try:
+            state = apply(state, payload, row) or state
+        except _MISFITS as error:
+            raise events.MalformedEvent(
+                f"a {kind} event does not fit the board as replayed "
+                f"({type(error).__name__}: {error})"
+            ) from error
     if state is not None:
         state.seq = row[0] or state.seq
         state.at = row[4]
@@ -638,7 +657,8 @@ class BoardVerification:
 
 def board_verify(*, board_id: int) -> BoardVerification:
     """Check a board's log: its hash chain, a replay from zero against the tables, and every
-    snapshot against the replay from zero at its place."""
+    snapshot against the replay from zero at its place. An event that cannot be read or
+    applied is a problem reported (its id and why), never an exception."""
     from activity.chain import chain_verify
     from boards.models import Board
 
@@ -652,7 +672,15 @@ def board_verify(*, board_id: int) -> BoardVerification:
     latest = seq_latest(board_id=board_id)
     state = None
     for row in events_between(board_id=board_id, after_seq=0, upto_seq=latest):
-        state = state_apply(state, row)
+        try:
+            state = state_apply(state, row)
+        except events.MalformedEvent as error:
+            # What follows builds on this event: comparing past it would only list its echoes.
+            at = f" (seq {row[0]})" if row[0] is not None else ""
+            result.differences.append(
+                f"event #{row[7]}{at} cannot be replayed, so the replay stops there: {error}"
+            )
+            return result
         if row[0] in snapshots and BoardState.from_json(snapshots.pop(row[0])) != state:
             result.snapshots.append(f"the snapshot after seq {row[0]} differs from a replay")
     result.snapshots += [f"the snapshot after seq {seq} has no event" for seq in sorted(snapshots)]

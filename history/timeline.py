@@ -21,10 +21,11 @@ from django.utils.dateparse import parse_date, parse_datetime
 
 from activity import clock
 from activity.describe import event_describe
+from activity.events import EventKind
 from activity.log import Actor
 from activity.models import Event
 from boards.errors import NotFoundError
-from boards.models import Board, LabelKind, Membership
+from boards.models import USERNAME_MAX_LENGTH, Board, LabelKind, Membership
 from boards.queries import boards_visible, ref_parse
 from history.replay import (
     BoardNotReplayable,
@@ -38,26 +39,38 @@ from history.replay import (
 
 UTC = datetime.UTC
 FEED_PAGE = 50
-KINDS = [
-    ("card.created", "Card created"),
-    ("card.moved", "Card moved"),
-    ("card.updated", "Card edited"),
-    ("card.archived", "Card archived"),
-    ("card.restored", "Card restored"),
-    ("card.labelled", "Label added"),
-    ("card.unlabelled", "Label removed"),
-    ("card.assigned", "People assigned"),
-    ("comment.added", "Comment"),
-    ("deployment.recorded", "Deployment"),
-    ("board.created", "Board created"),
-    ("board.updated", "Board edited"),
-    ("column.created", "Column added"),
-    ("column.updated", "Column changed"),
-    ("label.created", "Label created"),
-    ("label.updated", "Label changed"),
-    ("membership.set", "Member role"),
-    ("membership.removed", "Member removed"),
-]
+# Every kind, in the order the feed's filter lists them; each is named by its label in the
+# catalogue, but for those the filter has always named more briefly.
+FEED_KINDS: tuple[EventKind, ...] = (
+    EventKind.CARD_CREATED,
+    EventKind.CARD_MOVED,
+    EventKind.CARD_UPDATED,
+    EventKind.CARD_ARCHIVED,
+    EventKind.CARD_RESTORED,
+    EventKind.CARD_LABELLED,
+    EventKind.CARD_UNLABELLED,
+    EventKind.CARD_ASSIGNED,
+    EventKind.COMMENT_ADDED,
+    EventKind.DEPLOYMENT_RECORDED,
+    EventKind.BOARD_CREATED,
+    EventKind.BOARD_UPDATED,
+    EventKind.COLUMN_CREATED,
+    EventKind.COLUMN_UPDATED,
+    EventKind.LABEL_CREATED,
+    EventKind.LABEL_UPDATED,
+    EventKind.MEMBERSHIP_SET,
+    EventKind.MEMBERSHIP_REMOVED,
+)
+FEED_NAMES: dict[EventKind, str] = {
+    EventKind.CARD_LABELLED: "Label added",
+    EventKind.CARD_UNLABELLED: "Label removed",
+    EventKind.CARD_ASSIGNED: "People assigned",
+    EventKind.COMMENT_ADDED: "Comment",
+    EventKind.DEPLOYMENT_RECORDED: "Deployment",
+    EventKind.BOARD_UPDATED: "Board edited",
+    EventKind.MEMBERSHIP_SET: "Member role",
+}
+KINDS = [(kind.value, FEED_NAMES.get(kind, kind.label)) for kind in FEED_KINDS]
 KIND_NAMES = dict(KINDS)
 
 
@@ -136,7 +149,7 @@ class TravelColumn:
     cards: list[TravelCard]
 
 
-def travel_view(*, board: Board, at: datetime.datetime | None, event_id: int | None) -> dict:
+def travel_page_read(*, board: Board, at: datetime.datetime | None, event_id: int | None) -> dict:
     """The board as it was at `at` or just after event `event_id`, with the way there and
     back: the changes since, the neighbouring events and that day's events. NotFoundError for
     an event of another board; the page says so when the board did not exist yet."""
@@ -251,7 +264,7 @@ class FeedFilter:
 
         kind = (query.get("kind") or "").strip()
         return cls(
-            person=(query.get("person") or "").strip()[:150],
+            person=(query.get("person") or "").strip()[:USERNAME_MAX_LENGTH],
             kind=kind if kind in KIND_NAMES else "",
             card=(query.get("card") or "").strip()[:20],
             since=day("since"),

@@ -20,7 +20,7 @@ from boards import services
 from boards.models import Board, Card, Column, Role
 from delivery.models import ProjectionCursor
 from delivery.rollups import CURSOR, rollups_advance
-from tests.servers import AppServer, test_database_url
+from tests.servers import AppServer, database_url_for_servers
 
 User = get_user_model()
 
@@ -133,27 +133,36 @@ def column_titles(board: Board, name: str) -> list[str]:
     )
 
 
-def rollups_settle() -> None:
-    """Apply every committed event, waiting while some other transaction on the server
-    (another test run, say) holds the commit horizon below them."""
-    deadline = time.monotonic() + 30
+def rollups_settle(*, timeout: float = 30.0) -> None:
+    """Bring the projections up to the last event written.
+
+    On PostgreSQL the rollups read an event only once every transaction that began before it
+    has finished, on the whole server; another session's open transaction (another test run
+    on the same server) holds the horizon back for a moment. So this applies what it can,
+    and while the cursor is still below the newest event, polls again; `timeout` only
+    decides failure. On SQLite one run applies everything.
+    """
+    deadline = time.monotonic() + timeout
     while True:
         rollups_advance()
         if connection.vendor != "postgresql":
             return
-        newest = Event.objects.aggregate(m=Max("txid"))["m"]
+        newest = Event.objects.aggregate(newest=Max("txid"))["newest"]
         cursor = ProjectionCursor.objects.filter(name=CURSOR).first()
         if newest is None or cursor is None or cursor.txid_watermark > newest:
             return
-        assert time.monotonic() < deadline, "the commit horizon never passed the events"
-        time.sleep(0.1)
+        assert time.monotonic() < deadline, (
+            f"the rollups did not reach the last event within {timeout:.0f} s (the commit "
+            "horizon stayed below it: a transaction left open on the server?)"
+        )
+        time.sleep(0.05)
 
 
 @pytest.fixture(scope="session")
 def servers(django_db_setup, django_db_blocker) -> Iterator[list[AppServer]]:
     """Two Flux processes sharing the test database and Redis, started once per session."""
     with django_db_blocker.unblock():
-        url = test_database_url()
+        url = database_url_for_servers()
     started: list[AppServer] = []
     try:
         for _ in range(2):

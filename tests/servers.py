@@ -75,6 +75,9 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-def test_database_url() -> str:
+def database_url_for_servers() -> str:
+    """The URL of the database this test run uses (the test database), for the servers.
+
+    (Not named test_*: pytest would collect it as a test.)"""
     db = connection.settings_dict
     return f"postgres://{db['USER']}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"

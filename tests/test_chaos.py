@@ -5,10 +5,17 @@ The database "going away" is simulated with Django's own query hook (execute_wra
 raises what psycopg raises when PostgreSQL restarts under a connection.
 """
 
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 import psycopg
 import pytest
 from django.conf import settings
-from django.db import IntegrityError, OperationalError, connection
+from django.db import IntegrityError, OperationalError, connection, transaction
 from django.test import Client
 
 from activity.models import Event
@@ -99,32 +106,137 @@ def test_only_an_unreachable_database_is_a_503():
     assert not database_unavailable(ValueError("a bug"))
 
 
+POOLED = settings.DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql" and (
+    "pool" in settings.DATABASES["default"].get("OPTIONS", {})
+)
+
+
+@pytest.mark.skipif(not POOLED, reason="the connection pool is PostgreSQL's")
+def test_a_pooled_connection_that_died_while_idle_is_replaced_before_use():
+    """What a PostgreSQL restart does to every idle pooled connection, done to one: the next
+    request must get a working connection, not the dead one."""
+    from django.db.backends.postgresql.base import DatabaseWrapper as PostgreSQLWrapper
+
+    pool_options = {**settings.DATABASES["default"]["OPTIONS"]["pool"], "min_size": 1}
+    pool_options["max_size"] = 1  # the pool can only hand back the connection that died
+    settings_dict = {**connection.settings_dict}
+    settings_dict["OPTIONS"] = {**settings_dict["OPTIONS"], "pool": pool_options}
+    pooled = PostgreSQLWrapper(settings_dict, alias="pool-under-test")
+    try:
+        with pooled.cursor() as cursor:
+            cursor.execute("SELECT pg_backend_pid()")
+            [dead] = cursor.fetchone()
+        pooled.close()  # back to the pool, idle
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_terminate_backend(%s, 10000)", [dead])  # and gone
+            assert cursor.fetchone() == (True,)
+        with pooled.cursor() as cursor:
+            cursor.execute("SELECT pg_backend_pid()")
+            [fresh] = cursor.fetchone()
+        assert fresh != dead
+    finally:
+        pooled.close()
+        pooled.close_pool()
+
+
+def test_pool_exhaustion_is_a_database_outage_to_the_middleware():
+    """A request that waits its DB_POOL_TIMEOUT out gets the 503 with Retry-After too."""
+    from psycopg_pool import PoolTimeout
+
+    assert database_unavailable(PoolTimeout("couldn't get a connection after 5.00 sec"))
+
+
+def _waiting_for_a_lock() -> set[int]:
+    """The backends of this database waiting for a lock (ours holds the rollups' cursor)."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_stat_clear_snapshot()")  # else a transaction sees one moment
+        cursor.execute(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
+            " AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()"
+        )
+        return {pid for (pid,) in cursor.fetchall()}
+
+
+def _wait_for(condition, what: str, worker: subprocess.Popen, log: Path, timeout: float = 60):
+    deadline = time.monotonic() + timeout
+    while not (found := condition()):
+        if worker.poll() is not None or time.monotonic() > deadline:
+            pytest.fail(f"{what}: not within {timeout:.0f} s. Worker log:\n{log.read_text()}")
+        time.sleep(0.05)
+    return found
+
+
+def _pool_children(pid: int) -> set[int]:
+    with open(f"/proc/{pid}/task/{pid}/children") as children:
+        return {int(child) for child in children.read().split()}
+
+
 @pytest.mark.skipif(
     settings.DATABASES["default"]["ENGINE"] != "django.db.backends.postgresql"
-    or "pool" not in settings.DATABASES["default"].get("OPTIONS", {}),
-    reason="the connection pool is PostgreSQL's",
+    or not settings.REDIS_URL,
+    reason="a real worker on the Redis broker, on the PostgreSQL test database",
 )
-def test_pooled_connections_are_checked_before_use_so_a_restart_breaks_no_request():
-    from psycopg_pool import ConnectionPool
+@pytest.mark.django_db(transaction=True)
+def test_a_task_whose_worker_dies_is_delivered_again(board, tmp_path):
+    """A Celery worker's pool process is SIGKILLed while it runs the rollups: the task goes
+    back to the queue and the next pool process runs it to the end.
 
-    pool = settings.DATABASES["default"]["OPTIONS"]["pool"]
-    assert pool["check"] is ConnectionPool.check_connection
-    assert pool["timeout"] <= 10  # a request waits this long at most, then gets a 503
-
-
-def test_a_task_whose_worker_dies_is_delivered_again():
-    import delivery.tasks  # noqa: F401 - registers the task
+    The rollups are held at their lock (this test holds the cursor's row) so the kill lands
+    mid-task; each attempt shows as a database session waiting for that lock.
+    """
+    from delivery.models import ProjectionCursor
+    from delivery.rollups import CURSOR, rollups_advance
+    from delivery.tasks import rollups_advance_task
     from flux.celery import app
+    from tests.conftest import rollups_settle
+    from tests.servers import database_url_for_servers
 
-    conf = app.conf
-    assert conf.task_acks_late and conf.task_reject_on_worker_lost
-    assert conf.worker_prefetch_multiplier == 1
-    options = conf.broker_transport_options
-    # Longer than the longest rollup, short enough for a lost task to come back soon, and
-    # looked for often.
-    assert 300 <= options["visibility_timeout"] <= 3600
-    assert options["unacked_restore_interval"] * options["unacked_restore_throttle"] <= 30
-    # The worker waits out a Redis outage instead of exiting after 100 attempts.
-    assert conf.broker_connection_max_retries is None
-    task = app.tasks["delivery.tasks.rollups_advance_task"]
-    assert task.acks_late and task.reject_on_worker_lost
+    rollups_advance()  # the cursor row exists
+    make_card(board, title="Applied by the second attempt")
+    app.control.purge()  # tasks other tests enqueued without a worker
+    env = {
+        **os.environ,
+        "DATABASE_URL": database_url_for_servers(),
+        "REDIS_URL": settings.REDIS_URL,
+        "DB_POOL_MAX_SIZE": "2",
+        "PYTHONUNBUFFERED": "1",  # its log, line by line, for the check and a failure
+    }
+    env.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)
+    log = tmp_path / "worker.log"
+    command = [sys.executable, "-m", "celery", "-A", "flux", "worker", "--pool", "prefork"]
+    command += ["--concurrency", "1", "--without-mingle", "--without-gossip", "-l", "INFO"]
+    command += ["-n", f"chaos-test-{os.getpid()}@127.0.0.1"]
+    with open(log, "w") as output:
+        worker = subprocess.Popen(command, env=env, stdout=output, stderr=subprocess.STDOUT)
+    try:
+        with transaction.atomic():
+            ProjectionCursor.objects.select_for_update().get(name=CURSOR)
+            task = rollups_advance_task.apply_async()
+            first = _wait_for(_waiting_for_a_lock, "the task started", worker, log)
+            [child] = _pool_children(worker.pid)
+            os.kill(child, signal.SIGKILL)
+            _wait_for(
+                lambda: _waiting_for_a_lock() - first,
+                "the task was delivered again after its pool process died",
+                worker,
+                log,
+            )
+        # The lock is released: the second attempt finishes the rollups.
+        newest = Event.objects.order_by("-txid").values_list("txid", flat=True).first()
+        assert newest is not None
+        _wait_for(
+            lambda: ProjectionCursor.objects.get(name=CURSOR).txid_watermark > newest,
+            "the redelivered task applied the events",
+            worker,
+            log,
+        )
+        rollups_settle()  # and there is nothing left for anyone to apply
+        received = f"rollups_advance_task[{task.id}] received"
+        assert log.read_text().count(received) == 2, log.read_text()
+    finally:
+        worker.terminate()
+        try:
+            worker.wait(30)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+            worker.wait()

@@ -10,6 +10,10 @@ from activity import clock, events, log
 from activity.log import Actor
 from boards.errors import ForbiddenError
 from boards.models import (
+    BOARD_DESCRIPTION_MAX_LENGTH,
+    BOARD_KEY_MAX_LENGTH,
+    BOARD_NAME_MAX_LENGTH,
+    COLUMN_NAME_MAX_LENGTH,
     DEFAULT_COLUMNS,
     Board,
     Column,
@@ -43,9 +47,11 @@ def board_create(
     """Create a board with its pipeline columns; the creator becomes its admin. One event."""
     if actor.user is None or not actor.user.is_authenticated:
         raise ForbiddenError("Only a signed-in user can create a board.")
-    name = text_clean(name, field="name", max_length=100)
-    key = text_clean(key, field="key", max_length=10).upper()
-    description = text_clean(description, field="description", max_length=5000, required=False)
+    name = text_clean(name, field="name", max_length=BOARD_NAME_MAX_LENGTH)
+    key = text_clean(key, field="key", max_length=BOARD_KEY_MAX_LENGTH).upper()
+    description = text_clean(
+        description, field="description", max_length=BOARD_DESCRIPTION_MAX_LENGTH, required=False
+    )
     board = Board(name=name, key=key, description=description, created_at=clock.now())
     board.full_clean(validate_unique=False, validate_constraints=False)
     taken = ValidationError({"key": f"The key {key} is taken."})
@@ -88,12 +94,17 @@ def board_update(
     role_require(actor=actor, board=board, at_least=Role.ADMIN)
     changes: dict[str, dict[str, Any]] = {}
     if name is not None:
-        name = text_clean(name, field="name", max_length=100)
+        name = text_clean(name, field="name", max_length=BOARD_NAME_MAX_LENGTH)
         if name != board.name:
             changes["name"] = {"old": board.name, "new": name}
             board.name = name
     if description is not None:
-        description = text_clean(description, field="description", max_length=5000, required=False)
+        description = text_clean(
+            description,
+            field="description",
+            max_length=BOARD_DESCRIPTION_MAX_LENGTH,
+            required=False,
+        )
         if description != board.description:
             changes["description"] = {"old": board.description, "new": description}
             board.description = description
@@ -117,7 +128,7 @@ def column_create(
     """Add a column (board admins), at `position` or at the end. One event."""
     board = board_lock(board_id)
     role_require(actor=actor, board=board, at_least=Role.ADMIN)
-    name = text_clean(name, field="name", max_length=50)
+    name = text_clean(name, field="name", max_length=COLUMN_NAME_MAX_LENGTH)
     stage = choice_clean(stage, field="stage", choices=Stage)
     wip_limit = wip_limit_clean(wip_limit)
     if board.columns.filter(name=name).exists():
@@ -156,7 +167,7 @@ def column_update(
     role_require(actor=actor, board=board, at_least=Role.ADMIN)
     wanted: dict[str, Any] = {}
     if name is not UNSET:
-        wanted["name"] = text_clean(name, field="name", max_length=50)
+        wanted["name"] = text_clean(name, field="name", max_length=COLUMN_NAME_MAX_LENGTH)
         clash = board.columns.filter(name=wanted["name"]).exclude(pk=column.pk).exists()
         if clash:
             raise ValidationError({"name": f"{board.key} already has a column named {name}."})

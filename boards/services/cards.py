@@ -266,7 +266,7 @@ def card_assign(*, actor: Actor, card_id: int, user_ids: Iterable[int]) -> Card:
 
 
 @transaction.atomic
-def card_edit(
+def card_details_set(
     *,
     actor: Actor,
     card_id: int,
@@ -277,7 +277,7 @@ def card_edit(
     label_ids: Iterable[int],
     assignee_ids: Iterable[int],
 ) -> Card:
-    """Apply a whole card form at once: all its changes or none, one event per kind of change."""
+    """Make a card's fields, labels and assignees exactly these: every change or none."""
     card_update(
         actor=actor,
         card_id=card_id,

@@ -5,6 +5,7 @@ from django.db import transaction
 from activity import clock, events, log
 from activity.log import Actor
 from boards.models import (
+    COMMENT_MAX_LENGTH,
     Comment,
     Role,
 )
@@ -22,7 +23,7 @@ def comment_add(*, actor: Actor, card_id: int, body: str) -> Comment:
     """Comment on a card (editors). One event."""
     card = card_lock(card_id)
     role_require(actor=actor, board=card.board, at_least=Role.EDITOR)
-    body = text_clean(body, field="body", max_length=10_000)
+    body = text_clean(body, field="body", max_length=COMMENT_MAX_LENGTH)
     comment = Comment.objects.create(
         card=card,
         author=actor.user if actor.user and actor.user.is_authenticated else None,

@@ -8,12 +8,12 @@ from django.core.exceptions import ValidationError
 from activity import clock
 from boards.errors import ConflictError, NotFoundError, WipLimitError
 from boards.models import (
+    MAX_ID,
     Board,
     Card,
     Column,
 )
 from boards.ranking import rank_between
-from boards.services.inputs import MAX_ID
 
 
 def row_get_or_404(queryset, pk: int):

@@ -12,6 +12,8 @@ from activity import events, log
 from activity.log import Actor
 from activity.models import Event
 from boards.models import (
+    ENVIRONMENT_MAX_LENGTH,
+    LABEL_NAME_MAX_LENGTH,
     Card,
     Column,
     LabelKind,
@@ -75,8 +77,11 @@ def deployment_record(
     """
     board = board_lock(board_id)
     role_require(actor=actor, board=board, at_least=Role.EDITOR)
-    version = text_clean(version, field="version", max_length=50)
-    environment = text_clean(environment, field="environment", max_length=50).lower()
+    # The version names the release label its cards get.
+    version = text_clean(version, field="version", max_length=LABEL_NAME_MAX_LENGTH)
+    environment = text_clean(
+        environment, field="environment", max_length=ENVIRONMENT_MAX_LENGTH
+    ).lower()
     if status not in ("success", "failed"):
         raise ValidationError({"status": "A deployment's status is success or failed."})
     commits = list(commits)

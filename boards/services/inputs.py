@@ -6,6 +6,8 @@ from typing import Any
 from django.core.exceptions import ValidationError
 
 from boards.models import (
+    MAX_ID,
+    WIP_LIMIT_MAX,
     LabelKind,
     Role,
     Stage,
@@ -21,9 +23,6 @@ def text_clean(value: str, *, field: str, max_length: int, required: bool = True
     if len(value) > max_length:
         raise ValidationError({field: f"At most {max_length} characters (this has {len(value)})."})
     return value
-
-
-MAX_ID = 2**63 - 1
 
 
 def id_clean(value: Any, *, field: str, required: bool = True) -> int | None:
@@ -46,8 +45,10 @@ def choice_clean(value: str, *, field: str, choices: type[Stage] | type[Role] | 
 def wip_limit_clean(value: int | None) -> int | None:
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= 10_000:
-        raise ValidationError({"wip_limit": "A WIP limit is a whole number from 1 to 10000."})
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= WIP_LIMIT_MAX:
+        raise ValidationError(
+            {"wip_limit": f"A WIP limit is a whole number from 1 to {WIP_LIMIT_MAX}."}
+        )
     return value
 
 

@@ -6,6 +6,7 @@ from django.db import transaction
 from activity import events, log
 from activity.log import Actor
 from boards.models import (
+    LABEL_NAME_MAX_LENGTH,
     Label,
     LabelKind,
     Role,
@@ -30,7 +31,7 @@ def label_create(
     """Add a label to a board (editors). Release labels name a version. One event."""
     board = board_lock(board_id)
     role_require(actor=actor, board=board, at_least=Role.EDITOR)
-    name = text_clean(name, field="name", max_length=50)
+    name = text_clean(name, field="name", max_length=LABEL_NAME_MAX_LENGTH)
     kind = choice_clean(kind, field="kind", choices=LabelKind)
     label = Label(board=board, name=name, colour=colour, kind=kind)
     label.full_clean(exclude=["board"], validate_unique=False, validate_constraints=False)
@@ -50,7 +51,7 @@ def label_update(
     role_require(actor=actor, board=label.board, at_least=Role.EDITOR)
     before = label_snapshot(label)
     if name is not UNSET:
-        label.name = text_clean(name, field="name", max_length=50)
+        label.name = text_clean(name, field="name", max_length=LABEL_NAME_MAX_LENGTH)
         if label.board.labels.filter(name=label.name).exclude(pk=label.pk).exists():
             raise ValidationError({"name": f"{label.board.key} already has that label."})
     if colour is not UNSET:

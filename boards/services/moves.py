@@ -11,6 +11,7 @@ from activity.log import Actor
 from boards import sql
 from boards.errors import NotFoundError, WipLimitError
 from boards.models import (
+    MAX_ID,
     Board,
     Card,
     Column,
@@ -25,7 +26,6 @@ from boards.services.common import (
     version_check,
 )
 from boards.services.inputs import (
-    MAX_ID,
     id_clean,
 )
 from boards.services.snapshots import card_change, card_place

@@ -5,7 +5,18 @@ from datetime import date, datetime
 from django import template
 from django.utils import timezone
 
+from boards.models import LABEL_NAME_MAX_LENGTH, TITLE_MAX_LENGTH
+
 register = template.Library()
+
+# What an input may hold, named as the page names it; the values are the models' own limits.
+MAX_LENGTHS = {"card title": TITLE_MAX_LENGTH, "release name": LABEL_NAME_MAX_LENGTH}
+
+
+@register.simple_tag
+def max_length(what: str) -> int:
+    """The most characters `what` ("card title", ...) may hold: the limit the server applies."""
+    return MAX_LENGTHS[what]
 
 
 @register.filter

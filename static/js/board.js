@@ -1,6 +1,11 @@
 // The board: drag and drop (SortableJS), keyboard moves, the card dialog and toasts.
-// Every move goes to the server, which answers with fresh copies of the affected columns
-// (out-of-band swaps); the page never keeps a card where the server did not put it.
+// A move shows at once: the card stays where it was dropped while the move is posted. When
+// the server accepts it, it only confirms: the two columns' new counts (out-of-band swaps of
+// their heads) and the card's new version (the flux:moved event); with a filter on, it sends
+// the two columns afresh instead. When it refuses (someone else moved the card first, a
+// blocking WIP limit), it sends fresh copies of every column, which put the card back where
+// the server has it; a request that fails outright reloads the board. So the page never
+// keeps a card where the server did not put it.
 "use strict";
 
 (() => {

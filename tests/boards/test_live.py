@@ -3,6 +3,13 @@
 The streams are read with a plain HTTP client, as a browser's EventSource reads them; the
 changes are made through the services in this process (a third process, as a Celery worker or
 the admin would be) or over HTTP to the other server.
+
+Nothing here waits a fixed time. A test that needs the servers listening waits for their
+subscriptions to show on the live channel (Redis PUBSUB NUMSUB, after `live_channel` has let
+every listener of an earlier test go), and a test that needs "nothing else was published"
+publishes a marker of its own and reads up to it (Redis delivers a channel's messages in
+order). Timeouts are generous and only decide failure; how fast a change travels is measured
+by `make bench` (live fan-out), not asserted here.
 """
 
 import asyncio
@@ -11,6 +18,8 @@ import json
 import re
 import threading
 import time
+import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
@@ -44,7 +53,7 @@ class Stream:
     """One EventSource-like connection to a board's live stream."""
 
     def __init__(self, server, path: str, *, session: str, headers: dict | None = None):
-        self.connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=5)
+        self.connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
         self.connection.request(
             "GET",
             path,
@@ -54,10 +63,12 @@ class Stream:
         self.response = self.connection.getresponse()
         self.status = self.response.status
         self.timed_out = False  # a socket file cannot be read again after a timeout
+        self.ended = False  # the server ended the stream
 
-    def next(self, timeout: float = 5.0) -> Message | None:
-        """The next event (comments skipped), or None when none comes within the timeout."""
-        if self.timed_out or self.connection.sock is None:
+    def next(self, timeout: float = 10.0) -> Message | None:
+        """The next event (comments skipped), or None when the stream ended (`ended`) or
+        nothing came within the timeout (`timed_out`)."""
+        if self.timed_out or self.ended or self.connection.sock is None:
             return None
         self.connection.sock.settimeout(timeout)
         fields: dict[str, list[str]] = {}
@@ -65,7 +76,8 @@ class Stream:
             while True:
                 line = self.response.readline().decode()
                 if not line:
-                    return None  # the server ended the stream
+                    self.ended = True
+                    return None
                 line = line.rstrip("\n")
                 if not line:
                     if "event" in fields or "data" in fields:
@@ -85,7 +97,7 @@ class Stream:
             self.timed_out = True
             return None
 
-    def changes(self, count: int, timeout: float = 5.0) -> list[Message]:
+    def changes(self, count: int, timeout: float = 10.0) -> list[Message]:
         found: list[Message] = []
         deadline = time.monotonic() + timeout
         while len(found) < count and time.monotonic() < deadline:
@@ -104,8 +116,96 @@ def session_of(user) -> str:
     return client.cookies[settings.SESSION_COOKIE_NAME].value
 
 
+class LiveChannel:
+    """The live channel as Redis sees it: who subscribes, and what is published on it."""
+
+    def __init__(self):
+        self.redis = redis.Redis.from_url(settings.REDIS_URL)
+        self.name = live.channel()
+
+    def subscribers(self) -> int:
+        [(_, count)] = self.redis.pubsub_numsub(self.name)
+        return count
+
+    def wait_for_subscribers(self, count: int, timeout: float = 30.0) -> None:
+        """Until `count` web processes follow the channel: each process's hub subscribes
+        once, when its first stream opens, so the streams just opened are being fed."""
+        deadline = time.monotonic() + timeout
+        while (subscribed := self.subscribers()) != count:
+            assert time.monotonic() < deadline, (
+                f"{subscribed} subscriber(s) on {self.name} after {timeout:.0f} s, not {count}"
+            )
+            time.sleep(0.02)
+
+    def let_idle_listeners_go(self, timeout: float = 30.0) -> None:
+        """Until nobody follows the channel. A hub whose streams have all closed stops
+        listening when its next message comes (or after a heartbeat): this sends it one."""
+        deadline = time.monotonic() + timeout
+        while (subscribed := self.subscribers()) != 0:
+            assert time.monotonic() < deadline, (
+                f"{subscribed} subscriber(s) still on {self.name} after {timeout:.0f} s: "
+                "a stream of an earlier test is still open"
+            )
+            self.redis.publish(self.name, "[]")  # a batch of no messages: a no-op for a hub
+            time.sleep(0.02)
+
+
 @pytest.fixture
-def open_stream():
+def live_channel() -> Iterator[LiveChannel]:
+    """The live channel, with no process listening on it yet."""
+    channel = LiveChannel()
+    channel.let_idle_listeners_go()
+    yield channel
+    channel.redis.close()
+
+
+class Subscriber:
+    """A plain subscriber of the live channel, as another web process is."""
+
+    def __init__(self, channel: LiveChannel):
+        self.channel = channel
+        self.pubsub = channel.redis.pubsub()
+        self.pubsub.subscribe(channel.name)
+        confirmed = self.pubsub.get_message(timeout=10)
+        assert confirmed is not None and confirmed["type"] == "subscribe"
+
+    def published(self, board, timeout: float = 10.0) -> list[list[dict]]:
+        """Every PUBLISH of the board's changes since the last call, each a list of messages.
+
+        A marker is published after them and everything is read up to it: a publish that
+        had happened by now is before the marker, so none is missed and none is waited for.
+        """
+        marker = uuid.uuid4().hex
+        self.channel.redis.publish(self.channel.name, json.dumps([{"marker": marker}]))
+        found: list[list[dict]] = []
+        deadline = time.monotonic() + timeout
+        while True:
+            message = self.pubsub.get_message(timeout=max(0.0, deadline - time.monotonic()))
+            assert message is not None, f"the marker did not come back within {timeout:.0f} s"
+            if message["type"] != "message":
+                continue
+            batch = json.loads(message["data"])
+            if batch == [{"marker": marker}]:
+                return found
+            changes = [
+                m for m in batch if m.get("board") == board.pk and m.get("kind") != "presence"
+            ]
+            if changes:
+                found.append(changes)
+
+    def close(self) -> None:
+        self.pubsub.close()
+
+
+@pytest.fixture
+def subscriber(live_channel):
+    listening = Subscriber(live_channel)
+    yield listening
+    listening.close()
+
+
+@pytest.fixture
+def open_stream(live_channel):
     streams: list[Stream] = []
 
     def opener(server, user, key="PAY", **kwargs) -> Stream:
@@ -130,20 +230,19 @@ def test_a_non_member_cannot_open_the_stream_and_a_stranger_is_sent_to_log_in(
     anonymous.request("GET", "/b/PAY/live/")
     response = anonymous.getresponse()
     assert response.status == 302
-    assert "/accounts/login/" in response.getheader("Location")
+    assert "/accounts/login/" in response.getheader("Location", "")
 
 
-def test_a_change_made_elsewhere_reaches_every_open_stream_within_a_second(
-    app_server, other_server, board, alice, bob, open_stream
+def test_a_change_made_elsewhere_reaches_every_open_stream(
+    app_server, other_server, board, alice, bob, open_stream, live_channel
 ):
     card = make_card(board, title="Ship the retry")
     streams = [open_stream(app_server, alice), open_stream(other_server, bob)]
     for stream in streams:
         assert stream.status == 200
         assert stream.response.getheader("Content-Type").startswith("text/event-stream")
-    time.sleep(0.3)  # both processes have subscribed
+    live_channel.wait_for_subscribers(2)  # both processes follow the channel
 
-    started = time.monotonic()
     services.card_move(
         actor=as_actor(bob),
         card_id=card.pk,
@@ -152,8 +251,7 @@ def test_a_change_made_elsewhere_reaches_every_open_stream_within_a_second(
     )
     moved = latest_event_id(board)
     for stream in streams:
-        [message] = stream.changes(1, timeout=2)
-        assert time.monotonic() - started < 1.0
+        [message] = stream.changes(1)
         assert message.id == moved
         change = message.json
         assert change["kind"] == "card.moved"
@@ -166,7 +264,7 @@ def test_a_change_made_elsewhere_reaches_every_open_stream_within_a_second(
 
 
 def test_reconnecting_with_last_event_id_replays_exactly_the_missed_events(
-    app_server, board, alice, bob, open_stream
+    app_server, board, alice, bob, open_stream, live_channel
 ):
     card = make_card(board, title="Seen before the drop")
     seen = latest_event_id(board)
@@ -188,31 +286,42 @@ def test_reconnecting_with_last_event_id_replays_exactly_the_missed_events(
         stream = Stream(
             app_server, f"/b/PAY/live/{path_suffix}", session=session_of(alice), headers=headers
         )
-        replayed = stream.changes(3, timeout=3)
-        assert [(m.id, m.json["kind"]) for m in replayed] == missed
-        assert replayed[-1].json["card"] == other.pk
-        # ... and nothing else: the next thing on the stream is not a change.
-        extra = stream.next(timeout=0.5)
-        assert extra is None or extra.event != "change"
-        stream.close()
+        try:
+            replayed = stream.changes(len(missed))
+            assert [(m.id, m.json["kind"]) for m in replayed] == missed
+            assert replayed[2].json["card"] == other.pk
+            # ... and nothing else: the next change on the stream is one made after the replay.
+            live_channel.wait_for_subscribers(1)
+            services.comment_add(actor=as_actor(bob), card_id=card.pk, body="after the replay")
+            [after] = stream.changes(1)
+            newest = latest_event_id(board)
+            assert (after.id, after.json["kind"]) == (newest, "comment.added")
+            missed.append((newest, "comment.added"))  # the next reconnection replays it too
+        finally:
+            stream.close()
+        live_channel.let_idle_listeners_go()
 
 
-def test_a_stream_without_a_position_starts_from_now(app_server, board, alice, open_stream):
+def test_a_stream_without_a_position_starts_from_now(
+    app_server, board, alice, open_stream, live_channel
+):
     make_card(board, title="Old news")
     stream = open_stream(app_server, alice)
-    assert stream.changes(1, timeout=0.7) == []
+    live_channel.wait_for_subscribers(1)
+    news = make_card(board, title="News")
+    # The first change the stream sends is the one made after it opened: no replay.
+    [first] = stream.changes(1)
+    assert (first.id, first.json["card"]) == (latest_event_id(board), news.pk)
 
 
 def test_events_are_published_after_commit_once_per_transaction_and_never_on_rollback(
-    board, alice, bob
+    board, alice, bob, subscriber
 ):
-    subscriber = redis.Redis.from_url(settings.REDIS_URL).pubsub(ignore_subscribe_messages=True)
-    subscriber.subscribe(live.channel())
-    while subscriber.get_message(timeout=0.2):
-        pass
     cards = [make_card(board, title=f"Card {n}") for n in range(3)]
-    while subscriber.get_message(timeout=0.3):
-        pass
+    published = subscriber.published(board)
+    assert [[change["card"] for change in batch] for batch in published] == [
+        [card.pk] for card in cards
+    ]
 
     class Abandon(Exception):
         pass
@@ -225,12 +334,12 @@ def test_events_are_published_after_commit_once_per_transaction_and_never_on_rol
                 to_column_id=column(board, "Staging").pk,
                 expected_version=None,
             )
-            assert subscriber.get_message(timeout=0.3) is None  # not before the commit
+            assert subscriber.published(board) == []  # not before the commit
             raise Abandon
 
     with pytest.raises(Abandon):
         move_then_abandon()
-    assert subscriber.get_message(timeout=0.5) is None  # nor after the rollback
+    assert subscriber.published(board) == []  # nor after the rollback
 
     before = latest_event_id(board)
     services.deployment_record(
@@ -245,26 +354,22 @@ def test_events_are_published_after_commit_once_per_transaction_and_never_on_rol
         Event.objects.filter(board=board, id__gt=before).order_by("id").values_list("id", flat=True)
     )
     assert len(written) > 3  # the deployment, its label, and a move and a label per card
-    message = subscriber.get_message(timeout=2)
-    assert message is not None
-    assert [change["id"] for change in json.loads(message["data"])] == written
-    assert subscriber.get_message(timeout=0.5) is None  # one PUBLISH for the whole transaction
-    subscriber.close()
+    [batch] = subscriber.published(board)  # one PUBLISH for the whole transaction
+    assert [change["id"] for change in batch] == written
 
 
 def test_a_member_removed_from_the_board_stops_receiving(
-    app_server, board, alice, bob, open_stream
+    app_server, board, alice, bob, open_stream, live_channel
 ):
     stream = open_stream(app_server, bob)
     assert stream.status == 200
-    time.sleep(0.3)
+    live_channel.wait_for_subscribers(1)
     services.membership_remove(actor=as_actor(alice), board_id=board.pk, user_id=bob.pk)
     events = []
-    while (message := stream.next(timeout=3)) is not None:
+    while (message := stream.next()) is not None:
         events.append(message.event)
+    assert stream.ended, "the stream was still open 10 s after the removal"
     assert events[-1] == "revoked"
-    make_card(board, title="Secret after removal")
-    assert stream.next(timeout=0.5) is None  # the server ended the stream
 
 
 def test_the_polling_fallback_answers_what_is_new_since_an_event(board, alice, bob, client):
@@ -289,10 +394,10 @@ def test_viewers_see_who_else_is_viewing(app_server, other_server, board, alice,
     watching = open_stream(app_server, alice)
     assert watching.status == 200
     open_stream(other_server, bob)
-    deadline = time.monotonic() + 3
-    names = set()
-    while time.monotonic() < deadline and names != {"alice", "bob"}:
-        message = watching.next(timeout=1)
+    deadline = time.monotonic() + 30
+    names: set[str] = set()
+    while time.monotonic() < deadline and names != {"alice", "bob"} and not watching.timed_out:
+        message = watching.next(timeout=max(0.1, deadline - time.monotonic()))
         if message and message.event == "presence":
             names = set(re.findall(r'title="(\w+) is viewing', message.data))
     assert names == {"alice", "bob"}
@@ -304,7 +409,7 @@ def _thread_count(pid: int) -> int:
 
 
 def test_one_process_holds_hundreds_of_idle_streams_without_a_thread_each(
-    app_server, board, alice, bob
+    app_server, board, alice, bob, live_channel
 ):
     """Each stream is a coroutine and a queue: threads stay flat, and a change reaches all."""
     streams = 200
@@ -341,14 +446,16 @@ def test_one_process_holds_hundreds_of_idle_streams_without_a_thread_each(
             readers += await asyncio.gather(*(viewer(writers) for _ in range(batch, batch + 50)))
         opened.set()
         await asyncio.get_running_loop().run_in_executor(None, go.wait)
-        await asyncio.wait_for(asyncio.gather(*(wait_for_change(r) for r in readers)), 10)
-        for writer in writers:
-            writer.close()
+        try:
+            await asyncio.wait_for(asyncio.gather(*(wait_for_change(r) for r in readers)), 60)
+        finally:
+            for writer in writers:
+                writer.close()
 
     thread = threading.Thread(target=lambda: asyncio.run(run()))
     thread.start()
     assert opened.wait(60), "the streams did not open"
-    time.sleep(0.5)
+    live_channel.wait_for_subscribers(1)
     threads_during = _thread_count(app_server.process.pid)
     services.card_move(
         actor=as_actor(bob),
@@ -357,7 +464,7 @@ def test_one_process_holds_hundreds_of_idle_streams_without_a_thread_each(
         expected_version=None,
     )
     go.set()
-    thread.join(30)
+    thread.join(90)
     assert len(received) == streams
     assert threads_during - threads_before < 20, (threads_before, threads_during)
 
@@ -374,7 +481,7 @@ def test_without_redis_the_hub_carries_committed_changes_within_the_process(sett
         queue = live.hub().subscribe(board.pk, lambda viewers: "")
         opened.set()
         while True:
-            message = await asyncio.wait_for(queue.get(), timeout=5)
+            message = await asyncio.wait_for(queue.get(), timeout=30)
             if message.get("card") == card.pk:
                 received.append(message)
                 done.set()
@@ -383,14 +490,14 @@ def test_without_redis_the_hub_carries_committed_changes_within_the_process(sett
     opened, done = threading.Event(), threading.Event()
     loop_thread = threading.Thread(target=lambda: asyncio.run(listen(opened, done)))
     loop_thread.start()
-    assert opened.wait(5)
+    assert opened.wait(30)
     services.card_move(
         actor=as_actor(bob),
         card_id=card.pk,
         to_column_id=column(board, "In Review").pk,
         expected_version=None,
     )
-    assert done.wait(5)
-    loop_thread.join(5)
+    assert done.wait(30)
+    loop_thread.join(30)
     assert received[0]["kind"] == "card.moved"
     assert received[0]["text"] == f"bob moved {card.ref} from To Do to In Review"

@@ -9,6 +9,7 @@ import pytest
 from django.test import Client
 from django.utils import timezone
 
+from activity import clock
 from activity.log import Actor
 from activity.models import Event
 from boards import services
@@ -31,27 +32,37 @@ def api_get(user, path):
     return Client().get(path, headers={"Authorization": f"Bearer {secret}"})
 
 
+CREATED = datetime.datetime(2026, 3, 2, 9, 0, 0, 250_000, tzinfo=datetime.UTC)
+COMMITTED = datetime.datetime(2026, 3, 2, 10, 0, tzinfo=datetime.UTC)
+DEPLOYED = datetime.datetime(2026, 3, 2, 12, 30, tzinfo=datetime.UTC)
+
+
 @pytest.fixture
 def deployed(board, bob, alice):
-    hostile = make_card(board, title='=HYPERLINK("http://evil","click")', column_name="Staging")
-    plain = make_card(board, title='Refunds, "quoted"\nand multi-line', column_name="Staging")
-    label = services.label_create(actor=as_actor(bob), board_id=board.pk, name="@risky")
-    services.card_label_add(actor=as_actor(bob), card_id=hostile.pk, label_id=label.pk)
-    services.deployment_record(
-        actor=Actor(user=bob, source="api", name="ci"), board_id=board.pk, version="-1+1",
-        environment="production", status="success", card_numbers=[hostile.number, plain.number],
-        commits=[services.Commit(sha="abc1234", timestamp=timezone.now())],
-    )  # fmt: skip
-    services.deployment_record(
-        actor=Actor(user=bob, source="api", name="ci"), board_id=board.pk, version="2",
-        environment="production", status="failed", card_numbers=[],
-    )  # fmt: skip
-    other = services.board_create(actor=as_actor(alice), name="Secret", key="SEC")
-    secret = make_card(other, title="Secret card", column_name="Staging")
-    services.deployment_record(
-        actor=as_actor(alice), board_id=other.pk, version="9", environment="production",
-        status="success", card_numbers=[secret.number],
-    )  # fmt: skip
+    """PAY's two cards made at CREATED, committed at COMMITTED and deployed at DEPLOYED, then
+    a failed deployment of nothing; and SEC, a board bob is not on, with its own deployment."""
+    with clock.frozen_at(CREATED):
+        hostile = make_card(board, title='=HYPERLINK("http://evil","click")', column_name="Staging")
+        plain = make_card(board, title='Refunds, "quoted"\nand multi-line', column_name="Staging")
+        label = services.label_create(actor=as_actor(bob), board_id=board.pk, name="@risky")
+        services.card_label_add(actor=as_actor(bob), card_id=hostile.pk, label_id=label.pk)
+    with clock.frozen_at(DEPLOYED):
+        services.deployment_record(
+            actor=Actor(user=bob, source="api", name="ci"), board_id=board.pk, version="-1+1",
+            environment="production", status="success", card_numbers=[hostile.number, plain.number],
+            commits=[services.Commit(sha="abc1234", timestamp=COMMITTED)],
+        )  # fmt: skip
+    with clock.frozen_at(DEPLOYED + datetime.timedelta(hours=1)):
+        services.deployment_record(
+            actor=Actor(user=bob, source="api", name="ci"), board_id=board.pk, version="2",
+            environment="production", status="failed", card_numbers=[],
+        )  # fmt: skip
+        other = services.board_create(actor=as_actor(alice), name="Secret", key="SEC")
+        secret = make_card(other, title="Secret card", column_name="Staging")
+        services.deployment_record(
+            actor=as_actor(alice), board_id=other.pk, version="9", environment="production",
+            status="success", card_numbers=[secret.number],
+        )  # fmt: skip
     rollups_settle()
     return board
 
@@ -69,8 +80,12 @@ def test_one_row_per_card_deployment_with_every_column(deployed, bob):
     assert first["source"] == "api"
     assert first["actor"] == "ci"
     assert first["commit_shas"] == "abc1234"
-    assert first["deployed_at"].endswith("Z")
-    assert int(first["lead_time_seconds"]) >= 0
+    assert first["created_at"] == "2026-03-02T09:00:00.250000Z"
+    assert first["started_at"] == ""  # never in In Progress
+    assert first["deployed_at"] == "2026-03-02T12:30:00Z"
+    assert first["lead_time_seconds"] == "9000"  # from the commit: 2 h 30 min
+    assert first["cycle_time_seconds"] == ""
+    assert rows[2]["deployed_at"] == "2026-03-02T13:30:00Z"
     assert rows[1]["card_title"] == 'Refunds, "quoted"\nand multi-line'
 
 

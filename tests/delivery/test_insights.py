@@ -8,24 +8,19 @@ moment (`NOW`) through the same clock, so every number below can be checked by h
 import datetime
 import json
 import re
-import time
 
 import pytest
 from django.db import connection
-from django.db.models import Max
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
 from activity import clock
 from activity.log import Actor
-from activity.models import Event
 from boards import services
 from boards.models import LabelKind, Role
 from delivery import insights
 from delivery.metrics import Window, delivery_metrics
-from delivery.models import ProjectionCursor
-from delivery.rollups import CURSOR, rollups_advance
-from tests.conftest import as_actor, column, make_user
+from tests.conftest import as_actor, column, make_user, rollups_settle
 
 # Committed history: on PostgreSQL the projections read only finished transactions. The pages
 # read the same on the SQLite default, so these run there too.
@@ -33,26 +28,6 @@ pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.sqlite]
 
 D0 = datetime.datetime(2026, 10, 1, tzinfo=datetime.UTC)  # a Thursday
 NOW = D0 + datetime.timedelta(days=14)  # Thursday 15 October, midnight
-
-
-def rollups_caught_up(*, timeout: float = 30.0) -> None:
-    """Bring the projections up to the last event written.
-
-    On PostgreSQL the rollups read an event only once every transaction that began before it
-    has finished, on the whole server; another session's open transaction (another test run
-    on the same server) holds them back for a moment, so wait for it rather than be flaky.
-    """
-    deadline = time.monotonic() + timeout
-    while True:
-        rollups_advance()
-        if connection.vendor != "postgresql":
-            return
-        newest = Event.objects.aggregate(newest=Max("txid"))["newest"]
-        cursor = ProjectionCursor.objects.filter(name=CURSOR).first()
-        if newest is None or (cursor is not None and cursor.txid_watermark > newest):
-            return
-        assert time.monotonic() < deadline, "the rollups did not reach the last event"
-        time.sleep(0.05)
 
 
 def at(day: int, hour: int = 0) -> datetime.datetime:
@@ -143,7 +118,7 @@ def history(board, bob):
     story.move(at(6, 10), g, "In Progress")
     story.archive(at(7, 10), f)
     story.move(at(7, 12), g, "Deployed")
-    rollups_caught_up()
+    rollups_settle()
     return board
 
 
@@ -350,7 +325,7 @@ def test_the_insights_page_reads_a_fixed_number_of_queries_whatever_the_history(
             story.move(at(0, 2) + datetime.timedelta(hours=i), card, "In Progress")
             story.deploy(at(1) + datetime.timedelta(hours=i), [card], version=f"{key}.{i}",
                          status="failed" if i % 4 == 0 else "success")  # fmt: skip
-        rollups_caught_up()
+        rollups_settle()
         with CaptureQueriesContext(connection) as queries:
             response = get(client, insights_url(key))
         assert response.status_code == 200
@@ -441,7 +416,7 @@ def test_the_services_page_lists_only_permitted_boards_with_their_numbers(member
 
 
 def test_the_services_numbers_agree_with_the_delivery_metrics(history, bob):
-    [row] = insights.services_view(actor=as_actor(bob), now=NOW)
+    [row] = insights.service_rows_read(actor=as_actor(bob), now=NOW)
     metrics = delivery_metrics(board_id=history.pk, window=Window.last(30, now=NOW))
     assert row.deployments_30 == metrics.deployments
     assert row.lead_time_p50 == pytest.approx(metrics.lead_time.p50)
@@ -493,7 +468,7 @@ def test_the_services_page_reads_a_fixed_number_of_queries_whatever_the_boards(c
     for key in ("ONE", "TWO", "SIX"):
         board = services.board_create(actor=as_actor(alice), name=key.title(), key=key)
         Story(board, alice).deploy(at(3), [], version=f"{key}.1")
-        rollups_caught_up()
+        rollups_settle()
         with CaptureQueriesContext(connection) as queries:
             get(client, reverse("delivery:services") + "?release=ONE.1")
         counts.append(len(queries))

@@ -6,8 +6,13 @@ a test fails, a full-page screenshot lands in `test-artifacts/<test name>.png`.
 
 The servers run with DEBUG=0 and the manifest static storage: run `manage.py collectstatic`
 first (`make test` does). They need PostgreSQL and Redis, so these tests do too.
+
+The browser is Debian's Chromium at /usr/bin/chromium (or wherever CHROMIUM says), driven by
+Playwright; `make test` installs it when it is missing. A run that selects these tests without
+it stops before the first test, with one line saying how to get it.
 """
 
+import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -23,7 +28,7 @@ from tests.conftest import make_card, make_user
 
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "test-artifacts"
-CHROMIUM = "/usr/bin/chromium"
+CHROMIUM = os.environ.get("CHROMIUM") or "/usr/bin/chromium"
 CHROMIUM_ARGS = [
     "--no-sandbox",
     "--disable-gpu",
@@ -43,6 +48,19 @@ document.addEventListener("securitypolicyviolation", (event) => {
 """
 
 phase_report = pytest.StashKey[dict[str, pytest.TestReport]]()
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """No Chromium: stop the run at once with how to get it, not fail each browser test."""
+    if os.access(CHROMIUM, os.X_OK) or session.config.option.collectonly:
+        return
+    if any("browser" in getattr(item, "fixturenames", ()) for item in session.items):
+        pytest.exit(
+            f"The end-to-end tests need Chromium at {CHROMIUM}: `make test` installs it (as "
+            "root, with apt-get); else `sudo apt-get install -y chromium`, or set CHROMIUM to "
+            "a Chromium binary, or leave these tests out with -m 'not e2e'.",
+            returncode=pytest.ExitCode.USAGE_ERROR,
+        )
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)

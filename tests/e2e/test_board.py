@@ -25,10 +25,25 @@ def refs(page: Page, name: str) -> list[str]:
     return column(page, name).locator(".card").evaluate_all("els => els.map(e => e.dataset.ref)")
 
 
-def drag(page: Page, source: Locator, target: Locator, *, below: bool = False) -> None:
-    """Press on `source`, glide to `target` (its top half, or just below it), let go."""
+# Where SortableJS has put the dragged card while the button is still down: the drop makes
+# the move from this place. Before a card `target` (after it when `below`), or in a list.
+PLACED = """([item, target, below]) => target.matches(".card")
+  ? (below ? item.previousElementSibling : item.nextElementSibling) === target
+  : item.parentElement === target"""
+
+
+def drag(
+    page: Page, source: Locator, target: Locator, *, below: bool = False, placed: bool = True
+) -> None:
+    """Press on `source`, glide to `target` (its top half, or just below it), let go.
+
+    When `placed`, the button is let go only once the card has moved to its new place in
+    the page; `placed=False` is for a drag that must not move anything (the board is busy).
+    """
+    item, goal = source.element_handle(), target.element_handle()
     start = source.bounding_box()
     end = target.bounding_box()
+    assert start is not None and end is not None
     x0, y0 = start["x"] + start["width"] / 2, start["y"] + 12
     x1 = end["x"] + end["width"] / 2
     y1 = end["y"] + (end["height"] - 6 if below else 8)
@@ -36,7 +51,8 @@ def drag(page: Page, source: Locator, target: Locator, *, below: bool = False) -
     page.mouse.down()
     page.mouse.move(x0 + 8, y0 + 8, steps=4)
     page.mouse.move(x1, y1, steps=25)
-    page.wait_for_timeout(150)
+    if placed:
+        page.wait_for_function(PLACED, arg=[item, goal, below])
     page.mouse.up()
 
 
@@ -195,7 +211,7 @@ def test_a_drop_while_a_move_is_in_flight_is_not_sent(page: Page, payments, brow
     page.route("**/cards/*/move*", lambda route: held.append(route))
     drag(page, card(page, "PAY-1"), column(page, "In Review").locator("ol.cards"))
     expect(page.locator("#board")).to_have_class(re.compile(r"\bbusy\b"))
-    drag(page, card(page, "PAY-2"), column(page, "Staging").locator("ol.cards"))
+    drag(page, card(page, "PAY-2"), column(page, "Staging").locator("ol.cards"), placed=False)
     assert len(held) == 1
     held[0].continue_()
     toast(page, "PAY-1 moved to In Review.")

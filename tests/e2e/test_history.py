@@ -3,6 +3,7 @@
 import datetime
 import re
 
+import pytest
 from playwright.sync_api import Page, expect
 
 from activity import clock
@@ -11,6 +12,8 @@ from activity.models import Event
 from boards import services
 from boards.models import Card
 from tests.e2e.conftest import BrowserLog, log_in
+
+pytestmark = pytest.mark.e2e
 
 MONDAY = datetime.datetime(2026, 10, 5, 9, 0, tzinfo=datetime.UTC)
 

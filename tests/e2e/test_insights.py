@@ -11,8 +11,7 @@ from activity import clock
 from activity.log import Actor
 from boards import services
 from boards.models import Board
-from tests.activity.test_insights import rollups_caught_up
-from tests.conftest import column
+from tests.conftest import column, rollups_settle
 from tests.e2e.conftest import log_in
 
 pytestmark = pytest.mark.e2e
@@ -56,7 +55,7 @@ def shipped(payments: Board) -> Board:
         if week == 1:
             deploy(at(week * 7 + 3), cards[:2], f"2026.{week}", status="failed")
         deploy(at(week * 7 + 3.2), cards[:2], f"2026.{week}")
-    rollups_caught_up()
+    rollups_settle()
     return payments
 
 

@@ -180,7 +180,7 @@ def run(op, *, board: Board, people: list, admin) -> None:
             )
         case ("edit", _, title):
             if card is not None:
-                services.card_edit(
+                services.card_details_set(
                     actor=actor,
                     card_id=card.pk,
                     expected_version=card.version,

@@ -138,7 +138,8 @@ class Command(BaseCommand):
         release_bot = Actor(user=None, source=Source.SYSTEM, name="ci-pipeline")
         releases_per_month: dict[str, int] = {}
         for step in tqdm(steps, desc=f"{key} history", unit="step", disable=None):
-            person = Actor(user=rng.choice(team))
+            teammate = rng.choice(team)
+            person = Actor(user=teammate)
             with clock.frozen_at(step.at), transaction.atomic():
                 if step.action == "create":
                     topic = rng.choice(topics)
@@ -158,9 +159,7 @@ class Command(BaseCommand):
                 elif step.action == "move" and step.card_index in created:
                     card = Card.objects.get(pk=created[step.card_index])
                     if step.target == "In Progress" and not card.assignees.exists():
-                        services.card_assign(
-                            actor=person, card_id=card.pk, user_ids=[person.user.pk]
-                        )
+                        services.card_assign(actor=person, card_id=card.pk, user_ids=[teammate.pk])
                         card.refresh_from_db()
                     services.card_move(
                         actor=person,

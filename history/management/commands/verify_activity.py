@@ -3,8 +3,10 @@
 For each board: its hash chain is recomputed from the rows (an edit or deletion behind the
 application's back names the first broken event), a replay of its events from zero is
 compared with the boards tables (every difference is printed), and every replay snapshot is
-compared with that replay. Exits 1 on any problem. The chain heads it prints can be kept
-elsewhere, so that even a rewrite of a whole chain would show.
+compared with that replay; an event that does not fit its kind in the catalogue
+(`activity.events`) is named, with what is wrong, and the replay stops there. Exits 1 on any
+problem. The chain heads it prints can be kept elsewhere, so that even a rewrite of a whole
+chain would show.
 """
 
 from django.core.management.base import BaseCommand, CommandError
