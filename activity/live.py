@@ -272,6 +272,8 @@ class Hub:
         delay = 0.2
         while self.queues:
             try:
+                if self.redis is None:  # REDIS_URL was set after this hub was made: retry
+                    raise RuntimeError("this event loop's hub has no Redis client")
                 async with self.redis.pubsub() as pubsub:
                     await pubsub.subscribe(self.channel)
                     if not self.connected:
@@ -409,7 +411,7 @@ def events_since(*, board_id: int, after: int, limit: int = CATCH_UP_LIMIT) -> l
         .select_related("card")
         .order_by("id")[: limit + 1]
     )
-    return [event_message(e, column_id=e.card.column_id if e.card_id else None) for e in events]
+    return [event_message(e, column_id=e.card.column_id if e.card else None) for e in events]
 
 
 def event_latest(*, board_id: int) -> int:

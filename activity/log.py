@@ -1,7 +1,7 @@
 """`record(...)`: the one way an event is written.
 
 Every service in `boards.services` calls `record` inside its own transaction, so the change
-and its event commit or roll back together (invariant 1 in DESIGN.md).
+and its event commit or roll back together (invariant 1 in docs/architecture.md).
 """
 
 import logging

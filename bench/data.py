@@ -23,6 +23,7 @@ from django.contrib.auth import get_user_model
 from django.db import connection
 from tqdm import tqdm
 
+from activity.events import CardCreated, CardMoved, CardPlace, DeploymentRecorded, Payload
 from activity.log import Actor
 from boards import services
 from boards.models import Board, Column, Role
@@ -173,22 +174,22 @@ def board_fill(board: Board, history: History, *, owner, bar=None) -> Built:
     board.last_card_number = number
     board.save(update_fields=["last_card_number"])
 
-    def place(stage: str, rank: str) -> dict:
+    def place(stage: str, rank: str) -> CardPlace:
         column = columns[stage]
         return {"column_id": column.pk, "column": column.name, "stage": stage, "rank": rank}
 
-    def emit(at, kind, payload, card_id=None, *, ci=False) -> int:
+    def emit(at, event: Payload, card_id=None, *, ci=False) -> int:
         event_id = events.new_id()
         events.add((event_id, at, None if ci else owner.pk, "ci" if ci else owner.username,
-                    "api" if ci else "web", board.pk, card_id, kind,
-                    json.dumps(payload)))  # fmt: skip
+                    "api" if ci else "web", board.pk, card_id, event.kind,
+                    json.dumps(event.to_payload())))  # fmt: skip
         return event_id
 
     def created_event(card_id, card_number, rank, stage, at):
-        emit(at, "card.created", {"card": {
+        emit(at, CardCreated(card={
             "id": card_id, "ref": f"{board.key}-{card_number}", "number": card_number,
             "title": f"Bench card {card_number}", "description": "", "due_date": None,
-            "version": 1, "archived": False, **place(stage, rank)}}, card_id)  # fmt: skip
+            "version": 1, "archived": False, **place(stage, rank)}), card_id)  # fmt: skip
 
     count = 0
     per = max(1, history.cards_per_deployment)
@@ -198,22 +199,22 @@ def board_fill(board: Board, history: History, *, owner, bar=None) -> Built:
             created_event(card_id, card_number, rank, "todo", at)
             path = ["todo", "in_progress", "review", "staging"]
             for version, (before, after) in enumerate(itertools.pairwise(path), start=2):
-                emit(at + (version * 2 - 3) * HOUR, "card.moved", {
-                    "ref": f"{board.key}-{card_number}", "from": place(before, rank),
-                    "to": place(after, rank), "version": version}, card_id)  # fmt: skip
+                emit(at + (version * 2 - 3) * HOUR, CardMoved(
+                    ref=f"{board.key}-{card_number}", from_=place(before, rank),
+                    to=place(after, rank), version=version), card_id)  # fmt: skip
         deployed_at = group[-1][3] + 10 * HOUR
         count += 1
-        deployment = emit(deployed_at, "deployment.recorded", {"deployment": {
+        deployment = emit(deployed_at, DeploymentRecorded(deployment={
             "version": f"v{count}", "environment": "production", "status": "success",
             "url": "", "started_at": None, "finished_at": None,
             "commits": [{"sha": f"{count:08x}", "message": f"release {count}",
                          "timestamp": (group[0][3] - HOUR).isoformat()}],
             "cards": [{"id": c, "ref": f"{board.key}-{n}", "number": n} for c, n, _, _ in group]},
-            "moves_to": columns["deployed"].name}, ci=True)  # fmt: skip
+            moves_to=columns["deployed"].name), ci=True)  # fmt: skip
         for card_id, card_number, rank, _ in group:
-            emit(deployed_at, "card.moved", {
-                "ref": f"{board.key}-{card_number}", "from": place("staging", rank),
-                "to": place("deployed", rank), "version": 5, "deployment_id": deployment},
+            emit(deployed_at, CardMoved(
+                ref=f"{board.key}-{card_number}", from_=place("staging", rank),
+                to=place("deployed", rank), version=5, deployment_id=deployment),
                 card_id, ci=True)  # fmt: skip
     for index in range(history.redeployments):
         picks = (
@@ -222,11 +223,11 @@ def board_fill(board: Board, history: History, *, owner, bar=None) -> Built:
         )
         at = moment + index * datetime.timedelta(minutes=1)
         count += 1
-        emit(at, "deployment.recorded", {"deployment": {
+        emit(at, DeploymentRecorded(deployment={
             "version": f"v{count}", "environment": "production", "status": "success",
             "url": "", "started_at": None, "finished_at": None, "commits": [],
             "cards": [{"id": c, "ref": f"{board.key}-{n}", "number": n} for c, n, _, _ in picks]},
-            "moves_to": columns["deployed"].name}, ci=True)  # fmt: skip
+            moves_to=columns["deployed"].name), ci=True)  # fmt: skip
     for card_id, card_number, rank, stage, at in plan:
         if stage != "deployed":
             created_event(card_id, card_number, rank, stage, at)

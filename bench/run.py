@@ -1,4 +1,5 @@
-"""The benchmarks of issue 8, each returning Figures with its budgets."""
+"""The benchmarks: the board page, moves, the API, live fan-out, rollups and exports, each
+returning Figures with its budgets."""
 
 import json
 import random
@@ -10,6 +11,7 @@ from urllib.parse import urlencode
 
 from django.db import connection
 
+from activity.events import CardMoved, CardPlace, EventKind
 from bench import data
 from bench.report import single, timed
 from bench.server import Client, Server
@@ -87,6 +89,7 @@ def card_moves(server: Server, users: list, built, seconds: float) -> list:
 
     key = built.board.key
     columns = [built.columns[s].pk for s in data.STAGES]
+    places = {built.columns[s].pk: (built.columns[s].name, s) for s in data.STAGES}
     all_cards = [c for ids in built.open_cards.values() for c in ids]
     cards = {c.pk: c for c in Card.objects.filter(pk__in=all_cards)}
     owned = [all_cards[i :: len(users)] for i in range(len(users))]
@@ -103,6 +106,10 @@ def card_moves(server: Server, users: list, built, seconds: float) -> list:
         client.login(user.username, data.PASSWORD)
         client.request("GET", f"/b/{key}/")
         clients.append(client)
+
+    def place(column_id: int, rank: str) -> CardPlace:
+        name, stage = places[column_id]
+        return {"column_id": column_id, "column": name, "stage": stage, "rank": rank}
 
     def work(index: int):
         nonlocal conflicts
@@ -154,7 +161,7 @@ def card_moves(server: Server, users: list, built, seconds: float) -> list:
     wall = time.monotonic() - started
     # The log must hold exactly one card.moved event per successful move, none lost or doubled.
     logged = Counter(
-        Event.objects.filter(pk__gt=first_event or 0, board=built.board, kind="card.moved")
+        Event.objects.filter(pk__gt=first_event or 0, board=built.board, kind=EventKind.CARD_MOVED)
         .values_list("card_id", flat=True)
     )  # fmt: skip
     lost = sum(max(0, n - logged[pk]) for pk, n in done_moves.items())
@@ -207,7 +214,7 @@ def _versions_by_card(board, after: int) -> dict:
 
     found: dict = {}
     for card_id, payload in Event.objects.filter(
-        pk__gt=after, board=board, kind="card.moved"
+        pk__gt=after, board=board, kind=EventKind.CARD_MOVED
     ).values_list("card_id", "payload"):
         found.setdefault(card_id, []).append(payload["version"])
     return found
@@ -220,10 +227,15 @@ def raw_moves(built, seconds: float, clients: int = 16) -> float:
     from bench.env import DATABASE_URL
 
     columns = [built.columns[s].pk for s in data.STAGES]
+    places = {built.columns[s].pk: (built.columns[s].name, s) for s in data.STAGES}
     all_cards = [c for ids in built.open_cards.values() for c in ids]
     owned = [all_cards[i::clients] for i in range(clients)]
     counts = [0] * clients
     stop = time.monotonic() + seconds
+
+    def place(column_id: int, rank: str) -> CardPlace:
+        name, stage = places[column_id]
+        return {"column_id": column_id, "column": name, "stage": stage, "rank": rank}
 
     def work(index: int):
         rng = random.Random(index)
@@ -232,24 +244,25 @@ def raw_moves(built, seconds: float, clients: int = 16) -> float:
                 pk = rng.choice(owned[index])
                 with conn.transaction():
                     row = conn.execute(
-                        "SELECT column_id, version FROM boards_card WHERE id = %s FOR UPDATE",
+                        "SELECT column_id, version, rank FROM boards_card WHERE id = %s FOR UPDATE",
                         [pk],
                     ).fetchone()
                     assert row is not None, pk  # one of the bench's own cards
-                    column, version = row
+                    column, version, rank = row
                     target = rng.choice([c for c in columns if c != column])
                     conn.execute(
                         "UPDATE boards_card SET column_id = %s, version = version + 1,"
                         " updated_at = now(), entered_column_at = now() WHERE id = %s",
                         [target, pk],
                     )
+                    moved = CardMoved(
+                        from_=place(column, rank), to=place(target, rank), version=version + 1
+                    )
                     conn.execute(
                         "INSERT INTO activity_event (occurred_at, actor_name, source, board_id,"
-                        " card_id, kind, payload) VALUES (now(), 'raw', 'system', %s, %s,"
-                        " 'card.moved', %s)",
-                        [built.board.pk, pk, json.dumps({"from": column, "to": target,
-                                                         "version": version + 1})],
-                    )  # fmt: skip
+                        " card_id, kind, payload) VALUES (now(), 'raw', 'system', %s, %s, %s, %s)",
+                        [built.board.pk, pk, moved.kind, json.dumps(moved.to_payload())],
+                    )
                 counts[index] += 1
 
     threads = [threading.Thread(target=work, args=(i,)) for i in range(clients)]

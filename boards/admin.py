@@ -5,10 +5,13 @@ The admin's forms validate the input; the services then apply the change as the 
 hold cards, and membership removal is a service call.
 """
 
+from typing import TYPE_CHECKING, Any
+
 from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import ValidationError
 from django.db import transaction
+from django.db.models import Model
 from django.http import HttpRequest
 
 from activity.log import Actor
@@ -35,7 +38,13 @@ def formset_saved(formset, *, new=(), changed=(), deleted=()) -> None:
     formset.deleted_objects = list(deleted)
 
 
-class ServiceAdminMixin:
+if TYPE_CHECKING:
+    _ModelAdmin = admin.ModelAdmin[Any]  # what the mixin is mixed into
+else:
+    _ModelAdmin = object
+
+
+class ServiceAdminMixin(_ModelAdmin):
     """Shows a service's refusal as an admin error message instead of a 500."""
 
     def changeform_view(self, request, *args, **kwargs):
@@ -107,7 +116,9 @@ class BoardAdmin(ServiceAdminMixin, admin.ModelAdmin):
     def save_formset(self, request, form, formset, change):
         actor = admin_actor(request)
         board = form.instance
-        new, changed, deleted = [], [], []
+        new: list[Model] = []
+        changed: list[tuple[Model, list[str]]] = []  # (saved, its changed fields)
+        deleted: list[Model] = []
         if formset.model is Column:
             for inline_form in formset.forms:
                 if not inline_form.has_changed():
@@ -141,13 +152,13 @@ class BoardAdmin(ServiceAdminMixin, admin.ModelAdmin):
                             board_id=board.pk,
                             user_id=Membership.objects.get(pk=inline_form.instance.pk).user_id,
                         )
-                    saved = services.membership_set(
+                    membership = services.membership_set(
                         actor=actor, board_id=board.pk, user_id=data["user"].pk, role=data["role"]
                     )
                     if inline_form.instance.pk:
-                        changed.append((saved, inline_form.changed_data))
+                        changed.append((membership, inline_form.changed_data))
                     else:
-                        new.append(saved)
+                        new.append(membership)
             formset_saved(formset, new=new, changed=changed, deleted=deleted)
         else:  # pragma: no cover - no other inlines exist
             super().save_formset(request, form, formset, change)
@@ -190,8 +201,7 @@ class LabelAdmin(ServiceAdminMixin, admin.ModelAdmin):
 
 class CommentInline(admin.TabularInline):
     model = Comment
-    fields = ["author_name", "body", "created_at"]
-    readonly_fields = fields
+    fields = readonly_fields = ("author_name", "body", "created_at")
     extra = 0
     can_delete = False
 

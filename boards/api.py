@@ -162,7 +162,7 @@ def _card_out(card: Card) -> CardOut:
         title=card.title,
         description=card.description,
         column=card.column.name,
-        stage=card.column.stage,
+        stage=Stage(card.column.stage),
         version=card.version,
         archived=card.archived,
         due_date=card.due_date,
@@ -249,7 +249,7 @@ def board_detail(request: FluxRequest, key: str):
             ColumnOut(
                 id=view.column.pk,
                 name=view.column.name,
-                stage=view.column.stage,
+                stage=Stage(view.column.stage),
                 position=view.column.position,
                 wip_limit=view.column.wip_limit,
                 wip_blocks=view.column.wip_blocks,

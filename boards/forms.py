@@ -2,8 +2,11 @@
 and the limits on the models."""
 
 import re
+from collections.abc import Iterable
+from typing import Any
 
 from django import forms
+from django.contrib.auth.models import AbstractBaseUser
 
 from activity.log import Actor
 from boards.models import (
@@ -16,6 +19,7 @@ from boards.models import (
     TITLE_MAX_LENGTH,
     TOKEN_NAME_MAX_LENGTH,
     USERNAME_MAX_LENGTH,
+    Label,
     Role,
 )
 from boards.queries import CardFilter, boards_visible
@@ -35,6 +39,13 @@ def number_list_parse(text: str | None, *, most: int = 100) -> list[int] | None:
     parts = [part for part in (text or "").split(",") if part]
     numbers = [number for number in map(number_parse, parts) if number is not None]
     return numbers if len(numbers) == len(parts) <= most else None
+
+
+def choices_set(form: forms.Form, name: str, choices: list[tuple[Any, str]]) -> None:
+    """Give a form's choice field its choices, known only when the form is made."""
+    field = form.fields[name]
+    assert isinstance(field, forms.ChoiceField)  # every caller names one
+    field.choices = choices
 
 
 class FilterForm(forms.Form):
@@ -82,10 +93,16 @@ class CardEditForm(forms.Form):
         required=False, coerce=int, widget=forms.CheckboxSelectMultiple
     )
 
-    def __init__(self, *args, labels=(), members=(), **kwargs):
+    def __init__(
+        self,
+        *args: Any,
+        labels: Iterable[Label] = (),
+        members: Iterable[AbstractBaseUser] = (),
+        **kwargs: Any,
+    ) -> None:
         super().__init__(*args, **kwargs)
-        self.fields["labels"].choices = [(label.pk, label.name) for label in labels]
-        self.fields["assignees"].choices = [(user.pk, user.get_username()) for user in members]
+        choices_set(self, "labels", [(label.pk, label.name) for label in labels])
+        choices_set(self, "assignees", [(user.pk, user.get_username()) for user in members])
 
 
 class CommentForm(forms.Form):
@@ -110,9 +127,13 @@ class TokenForm(forms.Form):
         help_text="None ticked: all your boards.",
     )
 
-    def __init__(self, *args, actor: Actor, **kwargs):
+    def __init__(self, *args: Any, actor: Actor, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.fields["boards"].choices = [
-            (board.key, f"{board.name} ({board.key})")
-            for board in boards_visible(actor=actor).order_by("name")
-        ]
+        choices_set(
+            self,
+            "boards",
+            [
+                (board.key, f"{board.name} ({board.key})")
+                for board in boards_visible(actor=actor).order_by("name")
+            ],
+        )

@@ -79,6 +79,11 @@ class Board(models.Model):
     created_at = models.DateTimeField()
     last_card_number = models.PositiveIntegerField(default=0, editable=False)
 
+    # Not columns: read alongside a board and set on the instance by `boards.queries`
+    # (absent on a board loaded any other way).
+    role: Role  # board_get: the actor's role on the board, as checked
+    open_by_stage: list[tuple[Stage, int]]  # board_list: its open cards per stage, in order
+
     class Meta:
         ordering = ["name"]
         constraints = [
@@ -185,6 +190,10 @@ class Card(models.Model):
     created_at = models.DateTimeField()
     updated_at = models.DateTimeField()
     entered_column_at = models.DateTimeField(help_text="When the card came into its column.")
+
+    # Not a column: set by `boards.queries` on the cards a board's columns show (absent on a
+    # card loaded any other way).
+    fragment_key: str  # the cache key of its rendered HTML
 
     class Meta:
         ordering = ["column_id", "rank"]

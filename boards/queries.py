@@ -2,6 +2,7 @@
 
 import re
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, TypedDict
 
 import markdown
 import nh3
@@ -19,6 +20,10 @@ from boards.errors import NotFoundError
 from boards.models import Board, Card, Column, Comment, Label, LabelKind, Membership, Role, Stage
 from boards.permissions import role_require
 from boards.templatetags.flux import age, overdue
+
+if TYPE_CHECKING:
+    from django.contrib.auth.models import User as UserModel
+    from django_stubs_ext import WithAnnotations
 
 User = get_user_model()
 
@@ -50,7 +55,7 @@ class CardFilter:
     def active(self) -> bool:
         return any((self.text, self.label, self.assignee, self.release))
 
-    def apply(self, cards: QuerySet[Card]) -> QuerySet[Card]:
+    def apply[C: Card](self, cards: QuerySet[C]) -> QuerySet[C]:
         if self.text:
             match = Q(title__icontains=self.text) | Q(description__icontains=self.text)
             if ref := ref_parse(self.text):
@@ -126,12 +131,23 @@ def board_get(
     return board
 
 
+class CardLists(TypedDict):
+    """What `_card_rows` prefetches onto each card, as plain lists (`Prefetch(to_attr=...)`)."""
+
+    label_list: list[Label]
+    assignee_list: list["UserModel"]
+
+
+# A card as a board's columns show it: its labels and assignees already in lists.
+type CardRow = WithAnnotations[Card, CardLists]
+
+
 @dataclass
 class ColumnView:
     column: Column
     count: int = 0  # open cards matching the filter
     total: int = 0  # open cards, whatever the filter: what the WIP limit counts
-    cards: list[Card] = field(default_factory=list)
+    cards: list[CardRow] = field(default_factory=list)
 
     @property
     def over_limit(self) -> bool:
@@ -146,7 +162,7 @@ class ColumnView:
         return self.cards[-1].rank if self.cards else ""
 
 
-def _card_rows(board: Board) -> QuerySet[Card]:
+def _card_rows(board: Board) -> QuerySet[CardRow]:
     """Open cards with their labels and assignees as plain lists (no queryset per card)."""
     return Card.objects.filter(board=board, archived=False).prefetch_related(
         Prefetch("labels", queryset=Label.objects.order_by("kind", "name"), to_attr="label_list"),
@@ -207,7 +223,7 @@ def card_search(
     return cards.order_by("column__position", "column_id", "rank", "pk")
 
 
-def _fragment_keys(cards: list[Card]) -> None:
+def _fragment_keys(cards: list[CardRow]) -> None:
     """Give each card the key of its rendered HTML: everything the card shows is in it (its
     version covers its own fields; labels, people, age and due state are spelled out)."""
     for card in cards:
@@ -219,7 +235,9 @@ def _fragment_keys(cards: list[Card]) -> None:
         card.fragment_key = f"{card.pk}:{card.version}:{state}:{labels}:{people}"
 
 
-def _first_of_each_column(cards: QuerySet[Card], *, column_ids: list[int], limit: int):
+def _first_of_each_column(
+    cards: QuerySet[CardRow], *, column_ids: list[int], limit: int
+) -> QuerySet[CardRow] | list[CardRow]:
     """The first `limit` cards of each column, in column and rank order.
 
     On PostgreSQL, one UNION ALL of a LIMIT per column, each read off the (column, rank)
@@ -243,7 +261,7 @@ def _first_of_each_column(cards: QuerySet[Card], *, column_ids: list[int], limit
 
 def column_more(
     *, board: Board, column_id: int, after_rank: str, filters: CardFilter = NO_FILTER
-) -> tuple[Column, list[Card], bool]:
+) -> tuple[Column, list[CardRow], bool]:
     """The next page of a column's cards after `after_rank`, and whether more follow."""
     column = Column.objects.filter(board=board, pk=column_id).first()
     if column is None:
@@ -257,7 +275,9 @@ def column_more(
     return column, page[:COLUMN_PAGE], len(page) > COLUMN_PAGE
 
 
-def board_page_read(*, board: Board, actor: Actor, filters: CardFilter = NO_FILTER) -> dict:
+def board_page_read(
+    *, board: Board, actor: Actor, filters: CardFilter = NO_FILTER
+) -> dict[str, Any]:
     """The board page's context, in a fixed number of queries whatever the board's size."""
     role = getattr(board, "role", None) or role_require(
         actor=actor, board=board, at_least=Role.VIEWER

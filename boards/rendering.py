@@ -20,6 +20,7 @@ class FluxRequest(HttpRequest):
 
     htmx: HtmxDetails
     actor: Actor  # the signed-in user on pages (flux.middleware), the token's on the API
+    request_id: str  # the id its log lines and events carry (flux.middleware)
 
 
 def fragment_wanted(request: FluxRequest) -> bool:

@@ -78,13 +78,14 @@ def board_columns_view(request: FluxRequest, key: str) -> HttpResponse:
 
 
 @require_GET
-async def board_live(request: FluxRequest, key: str) -> HttpResponse:
+async def board_live(request: FluxRequest, key: str) -> StreamingHttpResponse:
     """Server-Sent Events: the board's changes as they commit, and who else is viewing it.
 
     Starts after `Last-Event-ID` (the browser's own reconnect) or `?last=` (a new connection
     from a page that has seen events up to there), else from now."""
     user = await request.auser()
     board = await live.db(queries.board_get, actor=request.actor, key=key)
+    assert user.is_authenticated  # board_get let no one else through
     after = number_parse(request.headers.get("Last-Event-ID"))
     after = after or number_parse(request.GET.get("last"))
     if after is None:
@@ -116,8 +117,11 @@ def board_changes(request: FluxRequest, key: str) -> JsonResponse:
 
 
 def _still_allowed(actor: Actor, key: str) -> bool:
-    actor.user.refresh_from_db(fields=["is_active", "is_staff", "is_superuser"])
-    if not actor.user.is_active:
+    user = actor.user
+    if user is None or not user.is_authenticated:
+        return False
+    user.refresh_from_db(fields=["is_active", "is_staff", "is_superuser"])
+    if not user.is_active:
         return False
     try:
         queries.board_get(actor=actor, key=key)
@@ -411,7 +415,7 @@ def _card_save(request: FluxRequest, card: Card) -> HttpResponse:
         except ConflictError as conflict:
             card = queries.card_get(actor=request.actor, board_key=key, number=number)
             typed = request.POST.copy()
-            typed["version"] = conflict.card.version
+            typed["version"] = str(conflict.card.version)
             form = CardEditForm(typed, labels=labels, members=members)
             notice = (
                 "Someone else changed this card while you were editing. Your text is kept "
@@ -521,7 +525,8 @@ def comment_add_view(request: FluxRequest, key: str, number: int) -> HttpRespons
 @require_http_methods(["GET", "POST"])
 def token_settings(request: FluxRequest) -> HttpResponse:
     """The user's API tokens: make one (its secret shown once, on this response) or revoke."""
-    actor = request.actor
+    actor, user = request.actor, request.user
+    assert user.is_authenticated  # as on every page but the login page (flux.middleware)
     secret, made, form = "", None, TokenForm(actor=actor)
     if request.method == "POST" and "revoke" in request.POST:
         token_id = number_parse(request.POST["revoke"]) or 0  # no token has id 0
@@ -534,7 +539,7 @@ def token_settings(request: FluxRequest) -> HttpResponse:
             try:
                 made, secret = token_create(
                     actor=actor,
-                    user=request.user,
+                    user=user,
                     name=form.cleaned_data["name"],
                     role=form.cleaned_data["role"],
                     board_keys=form.cleaned_data["boards"],
@@ -544,7 +549,7 @@ def token_settings(request: FluxRequest) -> HttpResponse:
                     form.add_error(field if field in form.fields else None, errors)
             else:
                 form = TokenForm(actor=actor)
-    tokens = request.user.api_tokens.prefetch_related("boards").order_by("-created_at")
+    tokens = user.api_tokens.prefetch_related("boards").order_by("-created_at")
     context = {"tokens": tokens, "form": form, "secret": secret, "made": made}
     response = render(
         request, "boards/tokens.html", context, status=INVALID_INPUT_STATUS if form.errors else 200

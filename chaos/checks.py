@@ -28,12 +28,12 @@ def ledger_check(ledger: Ledger, board_ids: list[int]) -> dict:
     from activity.models import Event
 
     events = Event.objects.filter(board_id__in=board_ids)
-    moved = Counter(
+    moved_as_text = Counter(
         events.filter(kind="card.moved")
         .annotate(v=KT("payload__version"))
         .values_list("card_id", "v")
     )
-    moved = Counter({(card, int(v)): n for (card, v), n in moved.items()})
+    moved = Counter({(card, int(v)): n for (card, v), n in moved_as_text.items()})
     titles = Counter(
         events.filter(kind="card.updated")
         .annotate(t=KT("payload__changes__title__new"))
@@ -64,12 +64,12 @@ def ledger_check(ledger: Ledger, board_ids: list[int]) -> dict:
     doubled += sum(1 for item in edits if titles[item] > 1)
     doubled += sum(1 for _, version in deployments if deployed[version] > 1)
     told = set(moves)
-    by_deployment = set(
+    by_deployment_as_text = set(
         events.filter(kind="card.moved", payload__has_key="deployment_id")
         .annotate(v=KT("payload__version"))
         .values_list("card_id", "v")
     )
-    by_deployment = {(card, int(v)) for card, v in by_deployment}
+    by_deployment = {(card, int(v)) for card, v in by_deployment_as_text}
     unacknowledged = sum(1 for item in moved if item not in told and item not in by_deployment)
     return {
         "accepted": len(moves) + len(edits) + len(deployments),

@@ -3,10 +3,15 @@
 import os
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from bench import env
 from chaos import checks, processes
 from chaos.report import Scenario, traffic_figures
+
+if TYPE_CHECKING:
+    from bench.server import Server
+    from chaos.traffic import BoardInfo, Traffic
 
 FAULTS = ["redis", "pg", "worker", "beat"]
 OWNER = "chaos-owner"
@@ -37,12 +42,29 @@ class Stack:
         self.timing = QUICK if quick else FULL
         self.pg = processes.Postgres()
         self.redis = processes.Redis()
-        self.server = None
-        self.worker: processes.Celery | None = None
+        # Started by open(); the scenarios reach them through the properties below.
+        self._server: Server | None = None
+        self._worker: processes.Celery | None = None
         self.beats: list[processes.Celery] = []
-        self.traffic = None
-        self.boards = []
-        self.settings = {}
+        self._traffic: Traffic | None = None
+        self.boards: list[BoardInfo] = []
+        self.settings: dict[str, str] = {}
+
+    @property
+    def server(self) -> "Server":
+        return _running(self._server, "web server")
+
+    @property
+    def traffic(self) -> "Traffic":
+        return _running(self._traffic, "traffic")
+
+    @property
+    def worker(self) -> processes.Celery:
+        return _running(self._worker, "Celery worker")
+
+    @worker.setter
+    def worker(self, worker: processes.Celery) -> None:
+        self._worker = worker
 
     def open(self) -> None:
         print(f"chaos: PostgreSQL on {self.pg.port}, Redis on {self.redis.port} (private)")
@@ -68,18 +90,18 @@ class Stack:
         self.beats[0].start()
         from bench.server import Server
 
-        self.server = Server(workers=3, log_path=processes.HERE / "web.log")
+        self._server = server = Server(workers=3, log_path=processes.HERE / "web.log")
         try:
-            self.server.__enter__()
+            server.__enter__()
         except BaseException:
-            self.server.__exit__(None, None, None)
-            self.server = None
+            server.__exit__(None, None, None)
+            self._server = None
             raise
         from chaos.traffic import Traffic
 
-        self.traffic = Traffic(self.server.port, self.boards, self.usernames, PASSWORD,
-                               self.token, API_CLIENTS)  # fmt: skip
-        self.traffic.login()
+        self._traffic = traffic = Traffic(server.port, self.boards, self.usernames, PASSWORD,
+                                          self.token, API_CLIENTS)  # fmt: skip
+        traffic.login()
         print(f"chaos: {BROWSERS} browser users and {API_CLIENTS} API clients on "
               f"{', '.join(b.key for b in self.boards)}")  # fmt: skip
 
@@ -117,18 +139,18 @@ class Stack:
                 print(f"chaos: cleanup step {step.__name__} failed: {error}")
 
     def _stop_traffic(self) -> None:
-        if self.traffic is not None:
-            self.traffic.stop()
+        if self._traffic is not None:
+            self._traffic.stop()
         from django.db import connections
 
         connections.close_all()
 
     def _stop_server(self) -> None:
-        if self.server is not None:
-            self.server.__exit__(None, None, None)
+        if self._server is not None:
+            self._server.__exit__(None, None, None)
 
     def _stop_celery(self) -> None:
-        for process in [*self.beats, self.worker]:
+        for process in [*self.beats, self._worker]:
             if process is not None:
                 process.stop()
 
@@ -138,6 +160,13 @@ class Stack:
 
         return list(Board.objects.filter(key__in=[b.key for b in self.boards]).values_list(
             "pk", flat=True))  # fmt: skip
+
+
+def _running[T](part: T | None, name: str) -> T:
+    """A part of the stack that `Stack.open` starts: the scenarios run only once it has."""
+    if part is None:
+        raise RuntimeError(f"the chaos {name} is not running: Stack.open starts it")
+    return part
 
 
 def run_all(stack: Stack, only: list[str]) -> list[Scenario]:
@@ -278,7 +307,9 @@ def pg(stack: Stack) -> Scenario:
     scenario.figures["recovery s"] = round(recovery, 1)
     scenario.figures["unclean failures"] = len(unclean)
     scenario.check("requests in flight failed cleanly (503 + Retry-After only)", not unclean)
-    scenario.check("recovered by itself within 10 s of the restart", recovery <= 10 and later_ok)
+    scenario.check(
+        "recovered by itself within 10 s of the restart", recovery <= 10 and bool(later_ok)
+    )
     _ledger(scenario, stack)
     _integrity(scenario, stack)
     return scenario

@@ -1,11 +1,11 @@
 """REST route for a board's activity log: stable order, paginated by event id."""
 
-from django.http import HttpRequest
 from ninja import Field, Query, Router, Schema
 
 from boards import queries
 from boards.models import LABEL_NAME_MAX_LENGTH
 from boards.problems import ERRORS, IsoDateTime
+from boards.rendering import FluxRequest
 from delivery.export import ExportFilter, deployments_csv_response
 
 router = Router(tags=["delivery"])
@@ -32,7 +32,7 @@ class ExportQuery(Schema):
         }
     },
 )
-def deployments_csv(request: HttpRequest, query: Query[ExportQuery]):
+def deployments_csv(request: FluxRequest, query: Query[ExportQuery]):
     """Deployment history as CSV, for the boards this token may see (or just `board`)."""
     if query.board:
         board_ids = frozenset([queries.board_get(actor=request.actor, key=query.board).pk])

@@ -129,7 +129,8 @@ class ExportFilter:
 def deployment_rows(*, scope: ExportFilter) -> QuerySet:
     """The export's rows, oldest first, for the boards in scope only."""
     labels = Subquery(
-        Card.labels.through.objects.filter(card_id=OuterRef("cards__card_id"))
+        # django-stubs loses annotate() on an auto-created through model, so it refuses "names".
+        Card.labels.through.objects.filter(card_id=OuterRef("cards__card_id"))  # type: ignore[misc]
         .values("card_id")
         .annotate(
             names=StringAgg(
@@ -282,17 +283,18 @@ def deployments_csv_response(
     """A streamed download of the deployment history in scope, in constant memory under
     WSGI and ASGI alike."""
     asgi = isinstance(request, ASGIRequest)
+    body: Iterator[bytes] | AsyncIterator[bytes] | Iterator[str] | AsyncIterator[str]
     if connection.vendor == "postgresql":
         blocks = copy_blocks(scope=scope)
         # Start the COPY now, so a failing query is an error response, not a cut-off file.
-        first = [next(blocks), *itertools.islice(blocks, 1)]
-        blocks = itertools.chain(first, blocks)
+        first_blocks = [next(blocks), *itertools.islice(blocks, 1)]
+        blocks = itertools.chain(first_blocks, blocks)
         body = _async_copy_blocks(blocks) if asgi else blocks
     else:
         rows = deployment_rows(scope=scope).iterator(chunk_size=CHUNK)
         # Read the first row now, so a failing query is an error response, not a cut-off file.
-        first = list(itertools.islice(rows, 1))
-        lines = csv_lines(itertools.chain(first, rows))
+        first_rows = list(itertools.islice(rows, 1))
+        lines = csv_lines(itertools.chain(first_rows, rows))
         body = _async_blocks(lines) if asgi else _blocks(lines)
     response = StreamingHttpResponse(body, content_type="text/csv; charset=utf-8")
     response["Content-Disposition"] = f'attachment; filename="{filename}"'

@@ -21,7 +21,7 @@ What DESIGN.md leaves open, decided here:
 import datetime
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, overload
 
 from django.db.models import Count, F, Max, OuterRef, Q, QuerySet, Subquery
 from django.db.models import Window as SqlWindow
@@ -172,6 +172,10 @@ def _monday(day: datetime.date) -> datetime.date:
     return day - datetime.timedelta(days=day.weekday())
 
 
+@overload
+def _hours(seconds: float) -> float: ...
+@overload
+def _hours(seconds: float | None) -> float | None: ...
 def _hours(seconds: float | None) -> float | None:
     return None if seconds is None else round(seconds / HOUR, 2)
 
@@ -270,6 +274,7 @@ def cycle_time_points(
     points = [
         CyclePoint(ref=ref, number=number, version=version, deployed_at=at, hours=_hours(cycle))
         for ref, number, version, at, cycle in rows
+        if cycle is not None  # always: the query leaves out the others
     ]
     return points[::-1]
 
@@ -364,7 +369,9 @@ def flow_by_day(*, board_id: int, days: int, now: datetime.datetime) -> list[Flo
                 stage = new_stage
         state.place(card_id, (column_id, stage, is_open))
 
-    timeline = sorted(
+    # Each change as (when, event id, "card", (card id, kind, payload)) or (when, event id,
+    # "column", (column id, its new stage)).
+    timeline: list[tuple[datetime.datetime, int, str, tuple[Any, ...]]] = sorted(
         [(at, pk, "card", (card_id, kind, payload)) for at, pk, card_id, kind, payload in during]
         + [
             (at, pk, "column", (column, stage))
@@ -706,7 +713,11 @@ def service_rows_read(*, actor: Actor, now: datetime.datetime | None = None) -> 
         row = rows[count["board_id"]]
         row.deployments_7, row.deployments_30 = count["d7"], count["d30"]
         row.failed_30 = count["failed30"]
-        row.weekly = [count[f"week_{i}"] for i in range(SPARKLINE_WEEKS)]
+        # django-stubs types the row without the keys of annotate(**weeks), built at run time.
+        row.weekly = [
+            count[f"week_{i}"]  # type: ignore[literal-required]
+            for i in range(SPARKLINE_WEEKS)
+        ]
 
     leads: dict[int, list[float]] = defaultdict(list)
     delivered = DeploymentCard.objects.filter(

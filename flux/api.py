@@ -6,6 +6,7 @@ problem details (`type`, `title`, `status`, `detail`); nothing a client sends yi
 
 import logging
 import time
+from typing import cast
 
 from django.conf import settings
 from django.core.cache import cache
@@ -18,6 +19,7 @@ from ninja.errors import ValidationError as NinjaValidationError
 from ninja.security import HttpBearer
 
 from boards.errors import FluxError, refusal_message, refusal_status
+from boards.rendering import FluxRequest
 from boards.tokens import token_actor, token_authenticate
 
 PROBLEM_TYPES = "https://flux.invalid/problems/"
@@ -39,7 +41,7 @@ class TokenAuth(HttpBearer):
         if api_token is None:
             return None
         _rate_limit(api_token.prefix)
-        request.actor = token_actor(api_token)
+        cast(FluxRequest, request).actor = token_actor(api_token)  # what makes it a FluxRequest
         return api_token
 
 

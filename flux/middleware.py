@@ -8,6 +8,7 @@ import logging
 import re
 import time
 import uuid
+from typing import cast
 
 import psycopg
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
@@ -28,6 +29,7 @@ from boards.errors import (
     refusal_status,
 )
 from boards.models import IDEMPOTENCY_KEY_MAX_LENGTH, IdempotencyKey
+from boards.rendering import FluxRequest
 from boards.tokens import token_authenticate
 
 request_logger = logging.getLogger("flux.request")
@@ -86,15 +88,16 @@ class RequestContextMiddleware:
             self._reset(tokens)
 
     def _enter(self, request: HttpRequest):
-        request.request_id = request_id_from(request)
+        request_id = request_id_from(request)
+        cast(FluxRequest, request).request_id = request_id  # views see it (FluxRequest)
         tokens = (
-            activity_log.request_id.set(request.request_id),
+            activity_log.request_id.set(request_id),
             activity_log.client_id.set(client_id_from(request)),
         )
         return tokens, time.perf_counter()
 
     def _leave(self, request: HttpRequest, response: HttpResponse, started: float):
-        response["X-Request-ID"] = request.request_id
+        response["X-Request-ID"] = cast(FluxRequest, request).request_id
         request_logger.info(
             "%s %s %s",
             request.method,
@@ -328,6 +331,7 @@ def database_unavailable_response(request: HttpRequest) -> HttpResponse:
         "Flux cannot reach its database for a moment. Try again in a few seconds; if you were "
         "saving a change, check afterwards whether it was applied."
     )
+    response: HttpResponse
     if request.path.startswith(IdempotencyMiddleware.PREFIX):
         response = JsonResponse(
             {
@@ -347,6 +351,12 @@ def database_unavailable_response(request: HttpRequest) -> HttpResponse:
     response["Retry-After"] = str(DATABASE_RETRY_AFTER)
     response["Cache-Control"] = "no-store"
     return response
+
+
+class _MarkedRequest(HttpRequest):
+    """A request that `_mark_database_unavailable` has marked (the mark is absent otherwise)."""
+
+    flux_database_unavailable: bool
 
 
 class DatabaseUnavailableMiddleware:
@@ -423,7 +433,7 @@ def _mark_database_unavailable(sender, request: HttpRequest | None = None, **kwa
 
     exception = sys.exception()
     if request is not None and exception is not None and database_unavailable(exception):
-        request.flux_database_unavailable = True
+        cast(_MarkedRequest, request).flux_database_unavailable = True
 
 
 got_request_exception.connect(_mark_database_unavailable, dispatch_uid="flux-database-away")

@@ -36,7 +36,7 @@ class EventAdmin(admin.ModelAdmin):
         "seq",
         "hash",
     ]
-    fields = readonly_fields
+    fields = tuple(readonly_fields)
     actions = None
     show_full_result_count = False
     change_list_template = "admin/activity/event/change_list.html"
@@ -62,7 +62,7 @@ class EventAdmin(admin.ModelAdmin):
 
     @admin.display(description="Card")
     def card_ref(self, event: Event) -> str:
-        return event.card.ref if event.card_id else ""
+        return event.card.ref if event.card is not None else ""
 
     @admin.display(description="Payload")
     def pretty_payload(self, event: Event) -> str:

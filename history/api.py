@@ -2,13 +2,13 @@
 
 import datetime
 
-from django.http import HttpRequest
 from ninja import Field, Query, Router, Schema
 
 from activity.models import Event
 from boards import queries
 from boards.models import MAX_ID
 from boards.problems import ERRORS
+from boards.rendering import FluxRequest
 
 router = Router(tags=["activity"])
 
@@ -36,7 +36,7 @@ class EventQuery(Schema):
 
 
 @router.get("/boards/{key}/events", response={200: EventPage, **ERRORS})
-def event_list(request: HttpRequest, key: str, page: Query[EventQuery]):
+def event_list(request: FluxRequest, key: str, page: Query[EventQuery]):
     """The board's events in id order, oldest first, `limit` at a time after `after`."""
     board = queries.board_get(actor=request.actor, key=key)
     events = list(
@@ -54,7 +54,7 @@ def event_list(request: HttpRequest, key: str, page: Query[EventQuery]):
                 kind=event.kind,
                 actor=event.actor_name,
                 source=event.source,
-                card=f"{board.key}-{event.card.number}" if event.card_id else None,
+                card=f"{board.key}-{event.card.number}" if event.card is not None else None,
                 payload=event.payload,
             )
             for event in events

@@ -17,7 +17,7 @@ snapshots unused.
 """
 
 import datetime
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -387,14 +387,14 @@ def events_between(
 ) -> Iterator[Row]:
     """The board's event rows in chain order: legacy ones (no seq) first when `after_seq` is 0
     (up to `legacy_until` if the target is before the chain), then seqs after..upto."""
-    events = Event.objects.filter(board_id=board_id)
+    board_events = Event.objects.filter(board_id=board_id)
     if after_seq == 0 and legacy:
-        legacy = events.filter(seq__isnull=True)
+        unchained = board_events.filter(seq__isnull=True)
         if upto_seq == 0 and legacy_until is not None:
-            legacy = legacy.filter(occurred_at__lte=legacy_until)
-        yield from legacy.order_by("id").values_list(*EVENT_FIELDS).iterator(chunk_size=5000)
+            unchained = unchained.filter(occurred_at__lte=legacy_until)
+        yield from unchained.order_by("id").values_list(*EVENT_FIELDS).iterator(chunk_size=5000)
     if upto_seq > after_seq:
-        chained = events.filter(seq__gt=after_seq, seq__lte=upto_seq).order_by("seq")
+        chained = board_events.filter(seq__gt=after_seq, seq__lte=upto_seq).order_by("seq")
         yield from chained.values_list(*EVENT_FIELDS).iterator(chunk_size=5000)
 
 
@@ -499,9 +499,9 @@ def board_state_present(*, board_id: int) -> BoardState:
         last_card_number=board.last_card_number,
         seq=seq_latest(board_id=board_id),
     )
-    for c in Column.objects.filter(board_id=board_id):
-        state.columns[c.pk] = ColumnState(
-            c.pk, c.name, c.position, c.stage, c.wip_limit, c.wip_blocks
+    for col in Column.objects.filter(board_id=board_id):
+        state.columns[col.pk] = ColumnState(
+            col.pk, col.name, col.position, col.stage, col.wip_limit, col.wip_blocks
         )
     for lb in Label.objects.filter(board_id=board_id):
         state.labels[lb.pk] = LabelState(lb.pk, lb.name, lb.colour, lb.kind)
@@ -525,6 +525,9 @@ def board_state_present(*, board_id: int) -> BoardState:
     return state
 
 
+_Part = ColumnState | LabelState | CardState  # what board_state_diff compares field by field
+
+
 def board_state_diff(
     replayed: BoardState, present: BoardState, *, names: tuple[str, str] = ("log", "tables")
 ) -> list[str]:
@@ -538,15 +541,16 @@ def board_state_diff(
 
     for name in ("key", "name", "description", "created_at", "last_card_number"):
         differ(f"board {name}", getattr(replayed, name), getattr(present, name))
-    for title, left, right, fields in [
+    tables: list[tuple[str, Mapping[int, _Part], Mapping[int, _Part], Iterable[str]]] = [
         ("column", replayed.columns, present.columns, ColumnState.__slots__),
         ("label", replayed.labels, present.labels, LabelState.__slots__),
         ("card", replayed.cards, present.cards, CardState.__slots__),
-    ]:
+    ]
+    for title, left, right, fields in tables:
         for pk in sorted(left.keys() | right.keys()):
             label = f"{title} {pk}"
             if title == "card":
-                number = (left.get(pk) or right.get(pk)).number
+                number = (replayed.cards.get(pk) or present.cards[pk]).number
                 label = f"card {present.key}-{number} (id {pk})"
             if pk not in right:
                 out.append(f"{label}: in the {a}, not in the {b}")
@@ -599,7 +603,7 @@ def board_changes(*, then: BoardState, now: BoardState) -> list[CardChange]:
         old, new = then.cards.get(pk), now.cards.get(pk)
         was_open = old is not None and not old.archived
         is_open = new is not None and not new.archived
-        card = new or old
+        card = new if new is not None else then.cards[pk]  # it is in one state or the other
         then_column, now_column = column_name(then, old), column_name(now, new)
         if is_open and not was_open:
             change = "added"
@@ -607,9 +611,11 @@ def board_changes(*, then: BoardState, now: BoardState) -> list[CardChange]:
         elif was_open and not is_open:
             change = "removed"
             now_column = ""
-        elif was_open and is_open and old.column_id != new.column_id:
+        elif old is None or new is None or not (was_open and is_open):
+            continue
+        elif old.column_id != new.column_id:
             change = "moved"
-        elif was_open and is_open and _visible(old) != _visible(new):
+        elif _visible(old) != _visible(new):
             change = "edited"
         else:
             continue

@@ -118,7 +118,7 @@ def _entries(events: list[Event]) -> list[Entry]:
     for event in events:
         ref = ""
         url = ""
-        if event.card_id is not None:
+        if event.card is not None:
             ref = f"{event.board.key}-{event.card.number}"
             url = f"{event.board.cards_url}{event.card.number}/"
         entries.append(
@@ -186,8 +186,8 @@ def travel_page_read(*, board: Board, at: datetime.datetime | None, event_id: in
         context["previous"] = by_seq.get(seq - 1)
         context["next"] = by_seq.get(seq + 1)
     else:
-        first = events.filter(seq__isnull=False).order_by("seq").first()
-        context["previous"], context["next"] = None, first
+        context["previous"] = None
+        context["next"] = events.filter(seq__isnull=False).order_by("seq").first()
     context["is_now"] = seq == latest
     if then is None:
         context.update(columns=[], changes=[], exists=False, day_entries=[])

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 import pytest
 from django.conf import settings
 from django.contrib.auth import get_user_model
+from django.contrib.auth.models import User  # the user model (the default): for annotations
 from django.db import connection
 from django.db.backends.postgresql.operations import DatabaseOperations
 from django.db.models import Max
@@ -21,8 +22,6 @@ from boards.models import Board, Card, Column, Role
 from delivery.models import ProjectionCursor
 from delivery.rollups import CURSOR, rollups_advance
 from tests.servers import AppServer, database_url_for_servers
-
-User = get_user_model()
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -53,11 +52,10 @@ def _flush_past_the_append_only_triggers():
         drops = [sql for sql in dbtriggers.SQLITE if sql.startswith("DROP")]
         return [*drops, *statements, *dbtriggers.SQLITE]
 
-    DatabaseOperations.sql_flush = sql_flush
-    SQLiteOperations.sql_flush = sql_flush_sqlite
-    yield
-    DatabaseOperations.sql_flush = original
-    SQLiteOperations.sql_flush = original_sqlite
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(DatabaseOperations, "sql_flush", sql_flush)
+        patch.setattr(SQLiteOperations, "sql_flush", sql_flush_sqlite)
+        yield
 
 
 @pytest.fixture(autouse=True)
@@ -67,7 +65,9 @@ def _fast_password_hashing(settings):
 
 
 def make_user(username: str, **extra) -> User:
-    return User.objects.create_user(username=username, password="pw-" + username, **extra)
+    return get_user_model().objects.create_user(
+        username=username, password="pw-" + username, **extra
+    )
 
 
 def as_actor(user) -> Actor:

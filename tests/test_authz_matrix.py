@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import pytest
+from django.http import HttpResponseBase
 from django.test import Client
 from django.urls import URLPattern, URLResolver, get_resolver
 
@@ -68,7 +69,7 @@ class World:
         return make_card(self.board, title="Change me")
 
     def first_event_id(self) -> int:
-        return Event.objects.filter(board=self.board).order_by("pk").first().pk
+        return Event.objects.filter(board=self.board).earliest("pk").pk
 
     def column_id(self, name: str = "To Do") -> int:
         return column(self.board, name).pk
@@ -324,7 +325,7 @@ MATRIX: dict[str, list[Call]] = {
 @dataclass
 class Answer:
     status: int
-    response: object
+    response: HttpResponseBase
     events_written: int
     url: str = ""
     rows_changed: bool = False

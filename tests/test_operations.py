@@ -26,6 +26,7 @@ def log_lines():
     handler = next(
         h for h in logging.getLogger().handlers if isinstance(h.formatter, JsonFormatter)
     )
+    assert isinstance(handler, logging.StreamHandler)
     buffer = io.StringIO()
     previous = handler.setStream(buffer)
     level = logging.getLogger().level

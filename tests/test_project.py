@@ -70,6 +70,7 @@ def test_seed_demo_makes_three_services_with_history_and_is_idempotent(capsys):
         Event.objects.order_by("occurred_at").first(),
         Event.objects.order_by("occurred_at").last(),
     )
+    assert first is not None and last is not None
     assert (last.occurred_at - first.occurred_at).days >= 25
 
     call_command("seed_demo", cards=14, days=30)

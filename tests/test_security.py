@@ -12,11 +12,12 @@ from types import SimpleNamespace
 import pytest
 from django.conf import settings as django_settings
 from django.contrib.sessions.backends.db import SessionStore
+from django.http import StreamingHttpResponse
 from django.test import Client
 from django.urls import reverse
 
 from activity.log import Actor
-from activity.models import Event
+from activity.models import Event, Source
 from boards import services
 from boards.models import Card
 from boards.tokens import token_create
@@ -120,6 +121,7 @@ def test_logging_in_gives_a_new_session_key(bob):
     planted["planted"] = True
     planted.save()
     before = planted.session_key
+    assert before is not None
     client.cookies[django_settings.SESSION_COOKIE_NAME] = before
     response = client.post(reverse("login"), {"username": "bob", "password": "pw-bob"})
     assert response.status_code == 302
@@ -400,7 +402,7 @@ def hostile(transactional_db, alice, bob, staff):
     services.card_label_add(actor=as_actor(bob), card_id=card.pk, label_id=label.pk)
     services.comment_add(actor=as_actor(bob), card_id=card.pk, body=f"{SCRIPT} {IMG}")
     services.deployment_record(
-        actor=Actor(user=bob, source="api", name="ci"),
+        actor=Actor(user=bob, source=Source.API, name="ci"),
         board_id=board.pk,
         version="<b>1</b>",
         environment="production",
@@ -470,7 +472,8 @@ def test_the_csv_export_is_an_attachment_never_rendered_as_html(hostile, bob):
         assert response["Content-Type"].startswith("text/csv")
         assert response["Content-Disposition"].startswith("attachment;")
         assert response["X-Content-Type-Options"] == "nosniff"
-        rows = list(csv.DictReader(io.StringIO(b"".join(response.streaming_content).decode())))
+        assert isinstance(response, StreamingHttpResponse)
+        rows = list(csv.DictReader(io.StringIO(response.getvalue().decode())))
         assert any(SCRIPT in value for row in rows for value in row.values())  # data, intact
 
 
@@ -489,5 +492,6 @@ def test_a_formula_in_a_title_is_neutralised_in_the_csv(transactional_db, alice)
     client = Client()
     client.force_login(alice)
     response = client.get("/b/FRM/insights/deployments.csv")
-    text = b"".join(response.streaming_content).decode()
+    assert isinstance(response, StreamingHttpResponse)
+    text = response.getvalue().decode()
     assert '=HYPERLINK("http' not in text.replace("'=HYPERLINK", "")

@@ -92,7 +92,7 @@ def board_update(
     """Rename or describe a board (board admins). One event, none if nothing changed."""
     board = board_lock(board_id)
     role_require(actor=actor, board=board, at_least=Role.ADMIN)
-    changes: dict[str, dict[str, Any]] = {}
+    changes: dict[str, events.Change] = {}
     if name is not None:
         name = text_clean(name, field="name", max_length=BOARD_NAME_MAX_LENGTH)
         if name != board.name:
@@ -181,7 +181,7 @@ def column_update(
         wanted["wip_limit"] = wip_limit_clean(wip_limit)
     if wip_blocks is not UNSET:
         wanted["wip_blocks"] = bool(wip_blocks)
-    changes = {
+    changes: dict[str, events.Change] = {
         field: {"old": getattr(column, field), "new": value}
         for field, value in wanted.items()
         if getattr(column, field) != value

@@ -123,7 +123,7 @@ def card_update(
         )
     if due_date is not UNSET:
         wanted["due_date"] = due_date_clean(due_date)
-    changes = {
+    changes: dict[str, events.Change] = {
         field: {"old": jsonable(getattr(card, field)), "new": jsonable(value)}
         for field, value in wanted.items()
         if getattr(card, field) != value

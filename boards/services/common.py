@@ -3,7 +3,8 @@
 import datetime
 from typing import Any
 
-from django.core.exceptions import ValidationError
+from django.core.exceptions import ObjectDoesNotExist, ValidationError
+from django.db.models import Model, QuerySet
 
 from activity import clock
 from boards.errors import ConflictError, NotFoundError, WipLimitError
@@ -16,29 +17,31 @@ from boards.models import (
 from boards.ranking import rank_between
 
 
-def row_get_or_404(queryset, pk: int):
+def row_get_or_404[M: Model](queryset: QuerySet[M], pk: int) -> M:
     if isinstance(pk, bool) or not isinstance(pk, int) or not 0 < pk <= MAX_ID:
-        raise NotFoundError(f"{queryset.model._meta.verbose_name.capitalize()} not found.")
+        raise _not_found(queryset.model)
     try:
         return queryset.get(pk=pk)
-    except queryset.model.DoesNotExist:
-        raise NotFoundError(
-            f"{queryset.model._meta.verbose_name.capitalize()} not found."
-        ) from None
+    except ObjectDoesNotExist:  # the model's DoesNotExist: the only one `get` raises
+        raise _not_found(queryset.model) from None
+
+
+def _not_found(model: type[Model]) -> NotFoundError:
+    return NotFoundError(f"{str(model._meta.verbose_name).capitalize()} not found.")
 
 
 def board_lock(board_id: int) -> Board:
     return row_get_or_404(Board.objects.select_for_update(no_key=True), board_id)
 
 
-def row_lock(queryset, pk: int):
+def row_lock[M: Model](queryset: QuerySet[M], pk: int) -> M:
     """Lock one row by id, then read it with its relations.
 
     The lock takes the row alone: PostgreSQL re-checks a locked row that changed meanwhile
     against the *old* versions of any joined, unlocked rows, so a join in the locking query
     can make a card that was just moved to another column vanish from the result.
     """
-    row_get_or_404(queryset.model.objects.select_for_update(no_key=True).only("pk"), pk)
+    row_get_or_404(queryset.model._default_manager.select_for_update(no_key=True).only("pk"), pk)
     return queryset.get(pk=pk)
 
 
@@ -46,7 +49,7 @@ def card_lock(card_id: int) -> Card:
     return row_lock(Card.objects.select_related("board", "column"), card_id)
 
 
-def cards_open(column: Column):
+def cards_open(column: Column) -> QuerySet[Card]:
     return Card.objects.filter(column=column, archived=False)
 
 
@@ -65,8 +68,8 @@ def version_check(*, card: Card, expected_version: int | None) -> None:
 
 
 def wip_check(*, column: Column) -> None:
-    blocks = column.wip_blocks and column.wip_limit is not None
-    if blocks and cards_open(column).count() >= column.wip_limit:
+    blocking_limit = column.wip_limit if column.wip_blocks else None
+    if blocking_limit is not None and cards_open(column).count() >= blocking_limit:
         raise WipLimitError(column=column)
 
 

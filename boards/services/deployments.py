@@ -146,8 +146,12 @@ def deployment_record(
             card_label_add(actor=actor, card_id=card.pk, label_id=label.pk)
             # Deployments move cards forward only: a staging deployment that names a card
             # already in Deployed leaves it there.
-            forward = target is not None and STAGE_ORDER[card.column.stage] < STAGE_ORDER[stage]
-            if forward and not card.archived:
+            if (
+                target is not None
+                and stage is not None  # always, with a target
+                and STAGE_ORDER[card.column.stage] < STAGE_ORDER[stage]
+                and not card.archived
+            ):
                 result = card_move(
                     actor=actor,
                     card_id=card.pk,

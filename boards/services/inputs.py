@@ -1,7 +1,7 @@
 """Input cleaning: the rules every service applies, so the browser, API and admin agree."""
 
 import datetime
-from typing import Any
+from typing import Any, Literal, overload
 
 from django.core.exceptions import ValidationError
 
@@ -25,6 +25,10 @@ def text_clean(value: str, *, field: str, max_length: int, required: bool = True
     return value
 
 
+@overload
+def id_clean(value: Any, *, field: str, required: Literal[True] = True) -> int: ...
+@overload
+def id_clean(value: Any, *, field: str, required: bool) -> int | None: ...
 def id_clean(value: Any, *, field: str, required: bool = True) -> int | None:
     """A database id from any caller: an int in range, or a clear ValidationError."""
     if value is None and not required:
@@ -34,7 +38,7 @@ def id_clean(value: Any, *, field: str, required: bool = True) -> int | None:
     return value
 
 
-def choice_clean(value: str, *, field: str, choices: type[Stage] | type[Role] | type[LabelKind]):
+def choice_clean[C: (Stage, Role, LabelKind)](value: str, *, field: str, choices: type[C]) -> C:
     try:
         return choices(value)
     except ValueError:

@@ -34,13 +34,13 @@ def membership_set(*, actor: Actor, board_id: int, user_id: int, role: str) -> M
         raise ValidationError({"user": "No active user with that id."})
     membership = Membership.objects.filter(board=board, user=user).first()
     old_role = membership.role if membership else None
-    if old_role == role:
-        return membership
-    if old_role == Role.ADMIN:
-        _keep_an_admin(board=board, leaving=membership)
     if membership is None:
         membership = Membership.objects.create(board=board, user=user, role=role)
+    elif old_role == role:
+        return membership
     else:
+        if old_role == Role.ADMIN:
+            _keep_an_admin(board=board, leaving=membership)
         membership.role = role
         membership.save(update_fields=["role"])
     log.record(

@@ -1,6 +1,7 @@
 """Moving a card: the hot path of every drag, and of every deployment that delivers."""
 
 from dataclasses import dataclass
+from typing import Literal
 
 from django.core.exceptions import ValidationError
 from django.db import connection, transaction
@@ -86,12 +87,12 @@ def card_move(
         before_id=before_id,
     )  # fmt: skip
     card = found.card
-    board = to_column.board if to_column is not None else None
-    if board is None or card.board_id != board.pk:
+    if to_column is None or card.board_id != to_column.board.pk:
         # Not this board's column: say so to members only (others learn nothing of the card).
         card_board = Board.objects.get(pk=card.board_id)
         role_require(actor=actor, board=card_board, at_least=Role.EDITOR)
         raise ValidationError({"to_column": f"{card_board.key} has no such column."})
+    board = to_column.board
     role = role_require(
         actor=actor, board=board, at_least=Role.EDITOR, membership_role=membership_role
     )
@@ -115,8 +116,8 @@ def card_move(
     if stay_if_in_column and no_place_asked and to_column.pk == card.column_id:
         return unchanged
     changed_column = card.column_id != to_column.pk
-    blocks = to_column.wip_blocks and to_column.wip_limit is not None
-    if changed_column and blocks and found.to_count >= to_column.wip_limit:
+    blocking_limit = to_column.wip_limit if to_column.wip_blocks else None
+    if changed_column and blocking_limit is not None and found.to_count >= blocking_limit:
         raise WipLimitError(column=to_column)
     if after_id is not None and found.lower_rank is None:
         raise ValidationError({"after": "That neighbour is not an open card of the column."})
@@ -188,6 +189,8 @@ def _card_locked_for_move(
 ) -> _CardForMove:
     """The card, locked, with its column, the target column's ranks around the place asked
     for and both columns' open counts (`boards.sql.card_for_move`)."""
+    by: Literal["id", "number"]
+    key: list[int]
     if card_id is not None:
         by, key = "id", [id_clean(card_id, field="card")]
     else:
@@ -201,7 +204,9 @@ def _card_locked_for_move(
                 raise NotFoundError("Card not found.")
             return _CardForMove(card, Column(pk=card.column_id), 0, 0, None, None)
         by, key = "number", [to_column.board_id, number]
-    place = "after" if after_id is not None else "before" if before_id is not None else "top"
+    place: Literal["after", "before", "top"] = (
+        "after" if after_id is not None else "before" if before_id is not None else "top"
+    )
     row = sql.card_for_move(
         by=by,
         key=key,

@@ -67,6 +67,7 @@ def test_each_event_extends_its_boards_chain_and_verifies(board, bob):
     assert all(len(h) == 64 for h in Event.objects.values_list("hash", flat=True))
     head = ChainHead.objects.get(board=board)
     last = Event.objects.filter(board=board).order_by("-seq").first()
+    assert last is not None
     assert (head.seq, bytes(head.head).hex()) == (last.seq, last.hash)
     report = chain_verify(board_id=board.pk)
     assert report.problems == [] and report.length == len(seqs)
@@ -80,6 +81,7 @@ def test_an_update_with_the_triggers_off_is_detected_and_located(board, bob):
         "UPDATE activity_event SET actor_name = 'mallory' WHERE id = %s", [forged.pk]
     )
     report = chain_verify(board_id=board.pk)
+    assert report.first_broken is not None
     assert report.first_broken.event_id == forged.pk
     assert len(report.problems) == 1  # later events still link to the stored hash
     output, code = verify_output("--board", "PAY")
@@ -91,8 +93,10 @@ def test_an_update_with_the_triggers_off_is_detected_and_located(board, bob):
 def test_a_payload_edit_that_also_rewrites_its_hash_is_caught_at_the_next_event(board, bob):
     cards = some_history(board, bob)
     forged = Event.objects.filter(card=cards[0], kind="card.moved").get()
+    assert forged.seq is not None
     behind_the_apps_back("UPDATE activity_event SET hash = %s WHERE id = %s", ["0" * 64, forged.pk])
     report = chain_verify(board_id=board.pk)
+    assert report.first_broken is not None
     assert report.first_broken.event_id == forged.pk
     following = Event.objects.filter(board=board, seq=forged.seq + 1).get()
     assert [p.event_id for p in report.problems] == [forged.pk, following.pk]
@@ -102,9 +106,11 @@ def test_a_payload_edit_that_also_rewrites_its_hash_is_caught_at_the_next_event(
 def test_a_delete_with_the_triggers_off_is_detected_and_located(board, bob):
     cards = some_history(board, bob)
     deleted = Event.objects.filter(card=cards[1], kind="card.moved").get()
+    assert deleted.seq is not None
     after = Event.objects.filter(board=board, seq=deleted.seq + 1).get()
     behind_the_apps_back("DELETE FROM activity_event WHERE id = %s", [deleted.pk])
     report = chain_verify(board_id=board.pk)
+    assert report.first_broken is not None
     assert report.first_broken.event_id == after.pk
     assert f"skips seq {deleted.seq}" in report.first_broken.message
     output, code = verify_output()
@@ -115,8 +121,10 @@ def test_a_delete_with_the_triggers_off_is_detected_and_located(board, bob):
 def test_deleting_the_newest_event_is_detected_by_the_head(board, bob):
     some_history(board, bob)
     newest = Event.objects.filter(board=board).order_by("-seq").first()
+    assert newest is not None
     behind_the_apps_back("DELETE FROM activity_event WHERE id = %s", [newest.pk])
     report = chain_verify(board_id=board.pk)
+    assert report.first_broken is not None
     assert "deleted at the end" in report.first_broken.message
 
 
@@ -130,7 +138,9 @@ def test_a_forged_insert_outside_the_chain_is_reported(board, bob):
         [board.pk],
     )
     forged = Event.objects.get(kind="card.forged")
-    assert chain_verify(board_id=board.pk).first_broken.event_id == forged.pk
+    first_broken = chain_verify(board_id=board.pk).first_broken
+    assert first_broken is not None
+    assert first_broken.event_id == forged.pk
 
 
 @pytest.mark.sqlite

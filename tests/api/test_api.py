@@ -107,6 +107,7 @@ def test_a_token_acts_under_its_name_and_source_api(api, board):
     response = api.post("/boards/PAY/cards", {"title": "From CI"})
     assert response.status_code == 201
     event = Event.objects.get(kind="card.created")
+    assert event.actor is not None
     assert (event.actor_name, event.source, event.actor.username) == ("bob-ci", "api", "bob")
 
 

@@ -1,5 +1,6 @@
 """The board in the browser, server side: pages, fragments, moves, dialogs, permissions."""
 
+import datetime
 import re
 
 import pytest
@@ -73,7 +74,7 @@ def test_cards_show_ref_labels_assignees_due_date_and_age(editor, board, bob):
     services.card_label_add(actor=as_actor(bob), card_id=card.pk, label_id=label.pk)
     services.card_assign(actor=as_actor(bob), card_id=card.pk, user_ids=[bob.pk])
     card.refresh_from_db()
-    yesterday = timezone.localdate() - timezone.timedelta(days=1)
+    yesterday = timezone.localdate() - datetime.timedelta(days=1)
     services.card_update(
         actor=as_actor(bob), card_id=card.pk, expected_version=card.version, due_date=yesterday
     )
@@ -131,7 +132,9 @@ def test_a_crowded_column_shows_a_page_and_loads_more_on_demand(editor, board):
     html = editor.get(reverse("boards:detail", args=["PAY"])).content.decode()
     assert "card 049" in html and "card 050" not in html
     assert "Show more cards" in html
-    more = re.search(r'hx-get="([^"]+after=[^"]+)"', html).group(1).replace("&amp;", "&")
+    found = re.search(r'hx-get="([^"]+after=[^"]+)"', html)
+    assert found is not None
+    more = found.group(1).replace("&amp;", "&")
     page = editor.get(more, **HX).content.decode()
     assert "card 050" in page and "card 054" in page and "card 049" not in page
     assert "Show more cards" not in page

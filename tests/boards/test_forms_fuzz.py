@@ -8,6 +8,7 @@ are derandomized so CI is repeatable; FUZZ_RANDOM=1 FUZZ_EXAMPLES=n explores fur
 import datetime
 import os
 from dataclasses import astuple
+from typing import Any
 
 import pytest
 from django.core.exceptions import ValidationError
@@ -16,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from activity.log import Actor
-from activity.models import Event
+from activity.models import Event, Source
 from boards import services
 from boards.errors import FluxError
 from boards.forms import (
@@ -46,7 +47,7 @@ nasty = st.sampled_from(
     ["\x00", "\r\n", "\u202e", "<script>", "' OR 1=1 --", "%00", "\ufeff", " ", "9" * 30]
 )
 text = st.one_of(
-    st.text(st.characters(blacklist_categories=("Cs",)), max_size=60),
+    st.text(st.characters(blacklist_categories=["Cs"]), max_size=60),
     st.lists(st.one_of(nasty, st.text(max_size=5)), max_size=8).map("".join),
     st.builds(lambda c, n: c * n, st.sampled_from("xé🙂\x00 "), st.integers(190, 21_000)),
 )
@@ -122,7 +123,7 @@ def test_any_input_to_a_form_is_valid_or_refused_with_a_message(form_class, boar
     @FUZZ
     @given(data=form_data(FIELDS[form_class]))
     def check(data):
-        kwargs = {}
+        kwargs: dict[str, Any] = {}
         if form_class is CardEditForm:
             kwargs = {"labels": Label.objects.filter(board=board), "members": [bob]}
         if form_class is TokenForm:
@@ -245,7 +246,9 @@ def test_any_card_edit_is_saved_or_refused(editor, board, bob, htmx):
 def test_any_move_is_made_or_refused(editor, board, alice):
     other = services.board_create(actor=as_actor(alice), name="Other", key="OTH")
     cards = [make_card(board, title=f"Card {n}") for n in range(3)]
-    columns = [str(c.pk) for c in board.columns.all()] + [str(other.columns.first().pk)]
+    other_column = other.columns.first()
+    assert other_column is not None
+    columns = [str(c.pk) for c in board.columns.all()] + [str(other_column.pk)]
     refs = st.sampled_from([str(c.pk) for c in cards] + columns + ["0", "", "x", str(2**63)])
 
     @FUZZ
@@ -412,7 +415,7 @@ def test_the_move_service_takes_any_ids(board, bob):
 
 
 def test_a_deployment_record_takes_any_text(board, bob):
-    actor = Actor(user=bob, source="api", name="ci")
+    actor = Actor(user=bob, source=Source.API, name="ci")
     card = make_card(board, title="Ship")
 
     @FUZZ

@@ -84,7 +84,7 @@ def seeded(board, alice):
 @pytest.mark.parametrize(("name", "kind", "call"), SERVICE_CALLS, ids=[c[0] for c in SERVICE_CALLS])
 def test_each_service_writes_exactly_one_event(seeded, alice, mallory, name, kind, call):
     board, card = seeded
-    last = Event.objects.order_by("-pk").first().pk
+    last = Event.objects.latest("pk").pk
     call(board, card, as_actor(alice), mallory)
     new = list(Event.objects.filter(pk__gt=last))
     assert [e.kind for e in new] == [kind]
@@ -99,7 +99,7 @@ def test_the_remaining_card_services_write_one_event_each(seeded, alice):
     label = Label.objects.get(board=board, name="seed")
     services.card_label_add(actor=actor, card_id=card.pk, label_id=label.pk)
     services.card_archive(actor=actor, card_id=card.pk)
-    last = Event.objects.order_by("-pk").first().pk
+    last = Event.objects.latest("pk").pk
     services.card_restore(actor=actor, card_id=card.pk)
     services.card_label_remove(actor=actor, card_id=card.pk, label_id=label.pk)
     kinds = list(Event.objects.filter(pk__gt=last).values_list("kind", flat=True))
@@ -453,7 +453,7 @@ def test_ids_of_the_wrong_type_are_a_validation_error_not_a_crash(seeded, bob, b
             card_id=card.pk,
             to_column_id=card.column_id,
             expected_version=card.version,
-            after_id=bad if bad is not None else "x",
+            after_id=bad if bad is not None else "x",  # type: ignore[arg-type]  # wrong on purpose
         ),
         lambda: services.card_assign(actor=as_actor(bob), card_id=card.pk, user_ids=[bad]),
         lambda: services.card_label_add(actor=as_actor(bob), card_id=card.pk, label_id=bad),

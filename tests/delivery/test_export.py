@@ -6,12 +6,13 @@ import io
 import tracemalloc
 
 import pytest
+from django.http import StreamingHttpResponse
 from django.test import Client
 from django.utils import timezone
 
 from activity import clock
 from activity.log import Actor
-from activity.models import Event
+from activity.models import Event, Source
 from boards import services
 from boards.tokens import token_create
 from delivery.export import ExportFilter, csv_lines, deployment_rows
@@ -48,13 +49,13 @@ def deployed(board, bob, alice):
         services.card_label_add(actor=as_actor(bob), card_id=hostile.pk, label_id=label.pk)
     with clock.frozen_at(DEPLOYED):
         services.deployment_record(
-            actor=Actor(user=bob, source="api", name="ci"), board_id=board.pk, version="-1+1",
+            actor=Actor(user=bob, source=Source.API, name="ci"), board_id=board.pk, version="-1+1",
             environment="production", status="success", card_numbers=[hostile.number, plain.number],
             commits=[services.Commit(sha="abc1234", timestamp=COMMITTED)],
         )  # fmt: skip
     with clock.frozen_at(DEPLOYED + datetime.timedelta(hours=1)):
         services.deployment_record(
-            actor=Actor(user=bob, source="api", name="ci"), board_id=board.pk, version="2",
+            actor=Actor(user=bob, source=Source.API, name="ci"), board_id=board.pk, version="2",
             environment="production", status="failed", card_numbers=[],
         )  # fmt: skip
         other = services.board_create(actor=as_actor(alice), name="Secret", key="SEC")
@@ -189,7 +190,8 @@ def test_under_asgi_the_export_is_sent_block_by_block(deployed, bob):
         response = await AsyncClient().get(
             "/api/v1/deployments.csv", headers={"Authorization": f"Bearer {secret}"}
         )
-        blocks = [block async for block in response.streaming_content]
+        assert isinstance(response, StreamingHttpResponse)
+        blocks = [block async for block in response]
         return response, blocks
 
     response, blocks = async_to_sync(fetch)()
@@ -214,7 +216,7 @@ def test_postgresql_copy_writes_the_same_bytes_as_the_python_writer(
     card = make_card(deployed, title='\tTabbed\r\nand\n"quoted"\n', column_name="Staging")
     other = make_card(deployed, title="+plain, with comma", column_name="Staging")
     services.deployment_record(
-        actor=Actor(user=bob, source="api", name="=ci"), board_id=deployed.pk, version="@v3",
+        actor=Actor(user=bob, source=Source.API, name="=ci"), board_id=deployed.pk, version="@v3",
         environment="staging", status="success", card_numbers=[card.number, other.number],
         commits=[services.Commit(sha="-abc", timestamp=timezone.now()),
                  services.Commit(sha="def", timestamp=None)],
@@ -222,6 +224,7 @@ def test_postgresql_copy_writes_the_same_bytes_as_the_python_writer(
     )  # fmt: skip
     rollups_settle()
     half = DeploymentCard.objects.filter(card=card).first()
+    assert half is not None
     DeploymentCard.objects.filter(pk=half.pk).update(lead_time=2.5, cycle_time=3.5)
     monkeypatch.setattr(export, "COPY_BLOCK_BYTES", block_bytes)
     for scope in [

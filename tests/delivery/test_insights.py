@@ -16,6 +16,7 @@ from django.urls import reverse
 
 from activity import clock
 from activity.log import Actor
+from activity.models import Source
 from boards import services
 from boards.models import LabelKind, Role
 from delivery import insights
@@ -44,7 +45,7 @@ class Story:
     def __init__(self, board, user):
         self.board = board
         self.actor = as_actor(user)
-        self.ci = Actor(user=user, source="api", name="ci")
+        self.ci = Actor(user=user, source=Source.API, name="ci")
 
     def create(self, moment, title, column_name="To Do"):
         with clock.frozen_at(moment):
@@ -429,7 +430,9 @@ def test_the_services_numbers_agree_with_the_delivery_metrics(history, bob):
 def test_a_release_shows_its_cards_and_their_stages_on_every_permitted_board(member, more_boards):
     response = get(member, reverse("delivery:services") + "?release=2026.10.1")
     assert response.status_code == 200
-    results = re.search(r'<div id="release-results".*', response.content.decode(), re.S).group(0)
+    found = re.search(r'<div id="release-results".*', response.content.decode(), re.S)
+    assert found is not None
+    results = found.group(0)
     text = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", results))
     assert "PAY-1 A Deployed" in text
     assert "PAY-2 B Deployed" in text

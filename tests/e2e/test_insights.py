@@ -9,6 +9,7 @@ from playwright.sync_api import Page, expect
 
 from activity import clock
 from activity.log import Actor
+from activity.models import Source
 from boards import services
 from boards.models import Board
 from tests.conftest import column, rollups_settle
@@ -23,7 +24,7 @@ CHARTS = ["frequency", "cycle", "flow", "aging"]
 def shipped(payments: Board) -> Board:
     """PAY with three weeks of history: three releases (one failing first) and work under way."""
     bob = payments.memberships.get(user__username="bob").user
-    actor, ci = Actor(user=bob), Actor(user=bob, source="api", name="ci")
+    actor, ci = Actor(user=bob), Actor(user=bob, source=Source.API, name="ci")
     start = timezone.now() - datetime.timedelta(days=21)
 
     def at(day: float) -> datetime.datetime:

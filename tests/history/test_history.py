@@ -55,6 +55,7 @@ def test_the_board_as_it_was_is_marked_as_the_past_and_lists_changes_since(board
 
 def test_stepping_goes_one_event_at_a_time(board, alice, history):
     moved = Event.objects.get(kind="card.moved")
+    assert moved.seq is not None
     page = client_for(alice).get(f"/b/PAY/history/?event={moved.pk}")
     html = page.content.decode()
     previous = Event.objects.get(board=board, seq=moved.seq - 1)
@@ -100,6 +101,7 @@ def test_non_members_get_404_everywhere(mallory, history, url):
 def test_an_event_of_another_board_is_404(alice, mallory, history):
     other = services.board_create(actor=as_actor(mallory), name="Other", key="OTH")
     event = Event.objects.filter(board=other).first()
+    assert event is not None
     assert client_for(alice).get(f"/b/PAY/history/?event={event.pk}").status_code == 404
 
 
@@ -165,7 +167,9 @@ def test_time_parsing_accepts_what_people_type():
     assert moment_parse("2026-10-01T14:00+02:00") == datetime.datetime(
         2026, 10, 1, 12, tzinfo=datetime.UTC
     )
-    assert moment_parse("2026-10-01").date() == datetime.date(2026, 10, 1)
+    day = moment_parse("2026-10-01")
+    assert day is not None
+    assert day.date() == datetime.date(2026, 10, 1)
     assert moment_parse("2026-13-45") is None and moment_parse("<script>") is None
 
 

@@ -95,13 +95,19 @@ def run(op, *, board: Board, people: list, admin) -> None:
                 return
             target = pick(columns, col)
             neighbour = pick(cards, after) if after >= 0 else None
-            ok = neighbour and neighbour.column_id == target.pk and not neighbour.archived
+            after_id = None
+            if (
+                neighbour is not None
+                and neighbour.column_id == target.pk
+                and not neighbour.archived
+            ):
+                after_id = neighbour.pk if neighbour.pk != card.pk else None
             services.card_move(
                 actor=actor,
                 card_id=card.pk,
                 to_column_id=target.pk,
                 expected_version=card.version,
-                after_id=neighbour.pk if ok and neighbour.pk != card.pk else None,
+                after_id=after_id,
             )
         case ("update", _, text, with_due):
             if card is not None:
@@ -252,8 +258,9 @@ def test_snapshots_only_accelerate(board, bob, monkeypatch):
                 to_column_id=column(board, ["In Progress", "In Review", "To Do"][round_ % 3]).pk,
                 expected_version=None,
             )
-        moments.append((Event.objects.order_by("-id").first().seq, board_state_present(
-            board_id=board.pk)))  # fmt: skip
+        newest = Event.objects.order_by("-id").first()
+        assert newest is not None
+        moments.append((newest.seq, board_state_present(board_id=board.pk)))
     assert snapshots_catch_up(board_id=board.pk, every=10) >= 3
     assert snapshots_catch_up(board_id=board.pk, every=10) == 0  # written once
     for seq, then in moments:
@@ -261,7 +268,9 @@ def test_snapshots_only_accelerate(board, bob, monkeypatch):
         fast = board_replay(board_id=board.pk, seq=seq)
         assert board_state_diff(fast, from_zero) == [] and board_state_diff(fast, then) == []
     # A replay that applied many events leaves a snapshot where it stopped.
-    latest = Event.objects.order_by("-seq").first().seq
+    newest = Event.objects.order_by("-seq").first()
+    assert newest is not None and newest.seq is not None
+    latest = newest.seq
     before = BoardSnapshot.objects.count()
     board_replay(board_id=board.pk, seq=latest)
     assert BoardSnapshot.objects.filter(seq=latest).exists() or latest % 10 < 10
@@ -274,6 +283,7 @@ def test_a_tampered_snapshot_is_caught_by_verify(board, bob, monkeypatch):
         make_card(board, title=f"card {i}")
     snapshots_catch_up(board_id=board.pk, every=5)
     snapshot = BoardSnapshot.objects.first()
+    assert snapshot is not None
     state = dict(snapshot.state, last_card_number=99)
     with connection.cursor() as cursor:
         if connection.vendor == "postgresql":
