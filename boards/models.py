@@ -1,6 +1,6 @@
 """The present state of the boards: tables and their constraints, no business logic.
 
-Every write goes through `boards.services`; see DESIGN.md.
+Every write goes through `boards.services`; docs/architecture.md is the map.
 """
 
 from django.conf import settings

@@ -10,6 +10,7 @@ from django.core.management import CommandError, call_command
 from django.db import close_old_connections, connection
 from django.db.models.fields.json import KT
 
+from activity.events import EventKind
 from bench.server import Client
 from chaos.traffic import BoardInfo, Ledger, columns_in
 
@@ -29,29 +30,29 @@ def ledger_check(ledger: Ledger, board_ids: list[int]) -> dict:
 
     events = Event.objects.filter(board_id__in=board_ids)
     moved_as_text = Counter(
-        events.filter(kind="card.moved")
+        events.filter(kind=EventKind.CARD_MOVED)
         .annotate(v=KT("payload__version"))
         .values_list("card_id", "v")
     )
     moved = Counter({(card, int(v)): n for (card, v), n in moved_as_text.items()})
     titles = Counter(
-        events.filter(kind="card.updated")
+        events.filter(kind=EventKind.CARD_UPDATED)
         .annotate(t=KT("payload__changes__title__new"))
         .values_list("card_id", "t")
     )
     deployed = Counter(
-        events.filter(kind="deployment.recorded")
+        events.filter(kind=EventKind.DEPLOYMENT_RECORDED)
         .annotate(v=KT("payload__deployment__version"))
         .values_list("v", flat=True)
     )
     deployment_ids = dict(
-        events.filter(kind="deployment.recorded")
+        events.filter(kind=EventKind.DEPLOYMENT_RECORDED)
         .annotate(v=KT("payload__deployment__version"))
         .values_list("pk", "v")
     )
     versions = Counter(
         events.exclude(card=None)
-        .exclude(kind__in=["card.created", "comment.added"])
+        .exclude(kind__in=[EventKind.CARD_CREATED, EventKind.COMMENT_ADDED])
         .annotate(v=KT("payload__version"))
         .values_list("card_id", "v")
     )
@@ -65,7 +66,7 @@ def ledger_check(ledger: Ledger, board_ids: list[int]) -> dict:
     doubled += sum(1 for _, version in deployments if deployed[version] > 1)
     told = set(moves)
     by_deployment_as_text = set(
-        events.filter(kind="card.moved", payload__has_key="deployment_id")
+        events.filter(kind=EventKind.CARD_MOVED, payload__has_key="deployment_id")
         .annotate(v=KT("payload__version"))
         .values_list("card_id", "v")
     )

@@ -6,7 +6,7 @@ numbers come from the projections (`delivery.models`, kept by `delivery.rollups`
 straight from the log, and work in progress from the boards as they are now. "Now" is
 `activity.clock.now()`, so a test can look at the pages from a fixed moment.
 
-What DESIGN.md leaves open, decided here:
+Decisions made here:
 - A window is the last 30, 90 or 365 days up to now; weeks start on Monday, days are UTC days.
 - Only production deployments count, failed ones included (as in `delivery.metrics`).
 - WIP: the open cards in the stages In Progress, In Review and Staging now. Work item age:

@@ -1,16 +1,32 @@
 """Flux settings, read from the environment.
 
 Production defaults are safe: DEBUG is off unless asked for, SECRET_KEY is required when
-DEBUG is off, cookies are secure. `make run` sets DEBUG=1 for local use.
+DEBUG is off, cookies are secure. `make run` sets DEBUG=1 for local use. Every variable read
+here is listed below (tests/test_project.py holds that), and in the README's Configuration.
 
-| variable        | default                               |
-|-----------------|---------------------------------------|
-| DATABASE_URL    | sqlite:///var/flux.sqlite3            |
-| REDIS_URL       | unset: Celery runs tasks in-process   |
-| SECRET_KEY      | required unless DEBUG                 |
-| DEBUG           | 0                                     |
-| ALLOWED_HOSTS   | localhost,127.0.0.1 (comma-separated) |
-| PORT            | 8000 (used by the servers, not here)  |
+| variable                    | default                                             |
+|-----------------------------|-----------------------------------------------------|
+| DATABASE_URL                | sqlite:///var/flux.sqlite3                          |
+| REDIS_URL                   | unset: Celery tasks and live updates in-process     |
+| SECRET_KEY                  | required unless DEBUG                               |
+| DEBUG                       | 0                                                   |
+| ALLOWED_HOSTS               | localhost,127.0.0.1 (comma-separated)               |
+| CSRF_TRUSTED_ORIGINS        | empty (comma-separated origins)                     |
+| SECURE_SSL_REDIRECT         | 1 when not DEBUG                                    |
+| SECURE_HSTS_SECONDS         | one year, when not DEBUG                            |
+| DB_POOL_MAX_SIZE            | 10 connections per process (0: no pool)             |
+| DB_POOL_TIMEOUT             | 5 seconds to wait for a pooled connection           |
+| DB_CONNECT_TIMEOUT          | 5 seconds to open a connection                      |
+| API_RATE_LIMIT_PER_MINUTE   | 600 per token (0: no limit)                         |
+| MAX_REQUEST_BODY_BYTES      | 2 MiB                                               |
+| CELERY_VISIBILITY_TIMEOUT   | 900 seconds before an unacknowledged task returns   |
+| ROLLUPS_EVERY_SECONDS       | 60: how often beat brings the rollups up to date    |
+| LOGIN_FAILURES_PER_USERNAME | 5 failed logins before a username is locked out     |
+| LOGIN_FAILURES_PER_ADDRESS  | 20 failed logins before an address is locked out    |
+| LOGIN_LOCKOUT_SECONDS       | 900                                                 |
+| LOG_FORMAT                  | json (plain when DEBUG)                             |
+| LOG_LEVEL                   | INFO                                                |
+| PORT                        | 8000 (used by the servers, not here)                |
 """
 
 import os

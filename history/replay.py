@@ -1,4 +1,4 @@
-"""Rebuild a board's state at any moment from its events alone (invariant 3 in DESIGN.md).
+"""Rebuild a board's state at any moment from its events alone (invariant 3, docs/architecture.md).
 
 A board's events are applied in chain order (`Event.seq`, the board's commit order; events
 from before the chain, without a seq, come first in id order). "The board at time T" is the

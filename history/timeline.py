@@ -2,7 +2,7 @@
 person's activity. Permission is the board page's own (`boards.queries.board_get`, a 404 for
 non-members); a person's page shows only events on boards the viewer may read.
 
-What DESIGN.md leaves open, decided here:
+Decisions made here:
 - Times in URLs are ISO 8601 (`?at=2026-10-01T12:00Z`); one without an offset is UTC, as is
   the page's date picker. "The board at T" is the board after its last event at or before T.
 - `?event=<id>` shows the board just after that event; stepping moves one event of the board

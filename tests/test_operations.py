@@ -12,6 +12,7 @@ from django.db import connection
 from django.test import Client
 
 from activity import log as activity_log
+from activity.events import EventKind
 from activity.models import Event
 from flux import views as flux_views
 from flux.logging import JsonFormatter
@@ -76,7 +77,7 @@ def test_the_events_a_request_writes_carry_its_request_id(client, board, bob):
     )
     assert response.status_code == 200
     assert response["X-Request-ID"] == "trace-me-1"
-    event = Event.objects.get(kind="card.created", card__title="Traced")
+    event = Event.objects.get(kind=EventKind.CARD_CREATED, card__title="Traced")
     assert event.request_id == "trace-me-1"
 
 

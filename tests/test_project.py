@@ -1,6 +1,7 @@
 """Project-level guarantees: production settings, demo data, the lock file."""
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -8,6 +9,7 @@ from pathlib import Path
 import pytest
 from django.core.management import call_command
 
+from activity.events import EventKind
 from activity.models import Event
 from boards.models import Board, Card, Stage
 
@@ -64,8 +66,10 @@ def test_seed_demo_makes_three_services_with_history_and_is_idempotent(capsys):
     assert cards == 42
     deployed = Card.objects.filter(column__stage=Stage.DEPLOYED).count()
     assert deployed > 0
-    assert Event.objects.filter(kind="card.moved").count() > cards
-    assert Event.objects.filter(kind="label.created", payload__label__kind="release").exists()
+    assert Event.objects.filter(kind=EventKind.CARD_MOVED).count() > cards
+    assert Event.objects.filter(
+        kind=EventKind.LABEL_CREATED, payload__label__kind="release"
+    ).exists()
     first, last = (
         Event.objects.order_by("occurred_at").first(),
         Event.objects.order_by("occurred_at").last(),
@@ -88,3 +92,15 @@ def test_the_lock_file_pins_every_dependency_with_hashes():
         for line in requirements:
             assert "==" in line, f"{lock}: {line} is not pinned"
         assert text.count("--hash=sha256:") >= len(requirements)
+
+
+def test_every_environment_variable_the_settings_read_is_documented():
+    """The settings docstring and the README's Configuration table name each one."""
+    settings_source = (ROOT / "flux" / "settings.py").read_text()
+    body = settings_source.split('"""', 2)[2]
+    read = set(re.findall(r'(?:os\.environ\.get|env_bool|env_list)\("([A-Z_]+)"', body))
+    assert len(read) >= 19  # the pattern still finds them
+    docstring = settings_source.split('"""', 2)[1]
+    readme = (ROOT / "README.md").read_text()
+    assert {name for name in read if f"| {name} " not in docstring} == set()
+    assert {name for name in read if f"| `{name}` |" not in readme} == set()

@@ -225,14 +225,14 @@ def test_a_payload_without_a_required_key_is_malformed_and_names_it():
     )
     del stored["to"]
     with pytest.raises(events.MalformedEvent, match=r"card\.moved payload lacks to$"):
-        events.read("card.moved", stored)
+        events.read(EventKind.CARD_MOVED, stored)
     with pytest.raises(events.MalformedEvent, match="lacks column_id, column, stage, rank"):
-        events.read("card.archived", {"ref": "PAY-1"})
+        events.read(EventKind.CARD_ARCHIVED, {"ref": "PAY-1"})
 
 
 def test_a_payload_that_is_not_an_object_is_malformed():
     with pytest.raises(events.MalformedEvent, match="must be a JSON object"):
-        events.read("card.moved", ["from", "to"])
+        events.read(EventKind.CARD_MOVED, ["from", "to"])
 
 
 def test_an_unknown_kind_is_malformed():
@@ -241,7 +241,7 @@ def test_an_unknown_kind_is_malformed():
 
 
 def test_keys_old_events_lack_read_as_their_defaults():
-    moved = events.read("card.moved", {"from": PLACE, "to": PLACE})
+    moved = events.read(EventKind.CARD_MOVED, {"from": PLACE, "to": PLACE})
     assert isinstance(moved, events.CardMoved)
     assert (moved.ref, moved.version, moved.rebalanced, moved.deployment_id) == ("", None, {}, None)
     assert "rebalanced" not in moved.to_payload()
@@ -265,8 +265,8 @@ def forge(board, card, *, kind: str, payload) -> Event:
 @pytest.mark.parametrize(
     ("kind", "payload", "reason"),
     [
-        ("card.moved", {"from": PLACE}, "a card.moved payload lacks to"),
-        ("card.moved", {"from": PLACE, "to": "Done"}, "does not fit the board as replayed"),
+        (EventKind.CARD_MOVED, {"from": PLACE}, "a card.moved payload lacks to"),
+        (EventKind.CARD_MOVED, {"from": PLACE, "to": "Done"}, "does not fit the board as replayed"),
         ("card.teleported", {}, "'card.teleported' is not a kind of event"),
     ],
 )
@@ -288,6 +288,6 @@ def test_verification_reports_a_malformed_event_instead_of_crashing(board, kind,
 
 @pytest.mark.django_db
 def test_a_malformed_event_is_still_described_and_redraws_the_board(board):
-    bad = forge(board, make_card(board), kind="card.moved", payload={"from": PLACE})
+    bad = forge(board, make_card(board), kind=EventKind.CARD_MOVED, payload={"from": PLACE})
     assert describe.event_describe(bad) == "card moved"
     assert live.event_message(bad)["columns"] is None

@@ -10,6 +10,7 @@ from django.db import DatabaseError, connection, transaction
 from django.test.utils import CaptureQueriesContext
 
 from activity.chain import chain_verify
+from activity.events import EventKind
 from activity.log import Actor
 from activity.models import ChainHead, Event
 from boards import services
@@ -76,7 +77,7 @@ def test_each_event_extends_its_boards_chain_and_verifies(board, bob):
 @pytest.mark.sqlite
 def test_an_update_with_the_triggers_off_is_detected_and_located(board, bob):
     cards = some_history(board, bob)
-    forged = Event.objects.filter(card=cards[1], kind="card.moved").get()
+    forged = Event.objects.filter(card=cards[1], kind=EventKind.CARD_MOVED).get()
     behind_the_apps_back(
         "UPDATE activity_event SET actor_name = 'mallory' WHERE id = %s", [forged.pk]
     )
@@ -92,7 +93,7 @@ def test_an_update_with_the_triggers_off_is_detected_and_located(board, bob):
 @pytest.mark.sqlite
 def test_a_payload_edit_that_also_rewrites_its_hash_is_caught_at_the_next_event(board, bob):
     cards = some_history(board, bob)
-    forged = Event.objects.filter(card=cards[0], kind="card.moved").get()
+    forged = Event.objects.filter(card=cards[0], kind=EventKind.CARD_MOVED).get()
     assert forged.seq is not None
     behind_the_apps_back("UPDATE activity_event SET hash = %s WHERE id = %s", ["0" * 64, forged.pk])
     report = chain_verify(board_id=board.pk)
@@ -105,7 +106,7 @@ def test_a_payload_edit_that_also_rewrites_its_hash_is_caught_at_the_next_event(
 @pytest.mark.sqlite
 def test_a_delete_with_the_triggers_off_is_detected_and_located(board, bob):
     cards = some_history(board, bob)
-    deleted = Event.objects.filter(card=cards[1], kind="card.moved").get()
+    deleted = Event.objects.filter(card=cards[1], kind=EventKind.CARD_MOVED).get()
     assert deleted.seq is not None
     after = Event.objects.filter(board=board, seq=deleted.seq + 1).get()
     behind_the_apps_back("DELETE FROM activity_event WHERE id = %s", [deleted.pk])

@@ -4,6 +4,7 @@ import pytest
 from django.db import DatabaseError, connection, transaction
 
 from activity import events
+from activity.events import EventKind
 from activity.log import Actor, NotInTransactionError, record
 from activity.models import AppendOnlyError, Event
 from tests.conftest import make_card
@@ -14,7 +15,7 @@ pytestmark = pytest.mark.django_db
 @pytest.fixture
 def event(board):
     make_card(board, title="Ship refunds")
-    return Event.objects.filter(kind="card.created").get()
+    return Event.objects.filter(kind=EventKind.CARD_CREATED).get()
 
 
 def raw(sql: str, params=()) -> None:
@@ -26,7 +27,7 @@ def raw(sql: str, params=()) -> None:
 def test_raw_sql_update_is_refused_by_the_database(event):
     with pytest.raises(DatabaseError, match="append-only"):
         raw("UPDATE activity_event SET kind = 'card.forged' WHERE id = %s", [event.pk])
-    assert Event.objects.get(pk=event.pk).kind == "card.created"
+    assert Event.objects.get(pk=event.pk).kind == EventKind.CARD_CREATED
 
 
 @pytest.mark.sqlite
@@ -61,7 +62,7 @@ def test_the_model_refuses_updates_and_deletes(event):
         Event.objects.filter(pk=event.pk).update(kind="card.forged")
     with pytest.raises(AppendOnlyError):
         Event.objects.all().delete()
-    assert Event.objects.get(pk=event.pk).kind == "card.created"
+    assert Event.objects.get(pk=event.pk).kind == EventKind.CARD_CREATED
 
 
 def test_postgresql_stamps_each_event_with_its_transaction_id(board):
@@ -71,7 +72,9 @@ def test_postgresql_stamps_each_event_with_its_transaction_id(board):
         with connection.cursor() as cursor:
             cursor.execute("SELECT pg_current_xact_id()::text::bigint")
             (txid,) = cursor.fetchone()
-    assert set(Event.objects.filter(kind="card.created").values_list("txid", flat=True)) == {txid}
+    assert set(
+        Event.objects.filter(kind=EventKind.CARD_CREATED).values_list("txid", flat=True)
+    ) == {txid}
 
 
 @pytest.mark.django_db(transaction=True)
@@ -99,7 +102,7 @@ def test_replacing_an_event_by_id_is_refused(event):
             "FROM activity_event WHERE id = %s ON CONFLICT (id) DO UPDATE SET kind = 'card.forged'",
             [event.pk],
         )
-    assert Event.objects.get(pk=event.pk).kind == "card.created"
+    assert Event.objects.get(pk=event.pk).kind == EventKind.CARD_CREATED
 
 
 @pytest.mark.sqlite
@@ -110,4 +113,4 @@ def test_saving_an_event_with_an_existing_id_never_updates_it(event, board, alic
     )  # fmt: skip
     with pytest.raises(DatabaseError), transaction.atomic():
         forged.save()
-    assert Event.objects.get(pk=event.pk).kind == "card.created"
+    assert Event.objects.get(pk=event.pk).kind == EventKind.CARD_CREATED

@@ -9,6 +9,7 @@ from django.core.management import call_command
 from django.db import connection
 from django.test import Client
 
+from activity.events import EventKind
 from activity.log import Actor
 from activity.models import Event
 from boards import services
@@ -106,7 +107,7 @@ def test_createtoken_prints_a_working_token_once(board, bob, capsys):
 def test_a_token_acts_under_its_name_and_source_api(api, board):
     response = api.post("/boards/PAY/cards", {"title": "From CI"})
     assert response.status_code == 201
-    event = Event.objects.get(kind="card.created")
+    event = Event.objects.get(kind=EventKind.CARD_CREATED)
     assert event.actor is not None
     assert (event.actor_name, event.source, event.actor.username) == ("bob-ci", "api", "bob")
 
@@ -326,7 +327,7 @@ def test_a_production_deployment_moves_and_labels_its_cards(api, board):
     assert (body["cards"], body["moved"]) == (["PAY-1", "PAY-2"], ["PAY-1", "PAY-2"])
     assert set(column_titles(board, "Deployed")) == {"a", "b"}
     assert Label.objects.get(board=board, name="2026.11.3").kind == "release"
-    event = Event.objects.get(kind="deployment.recorded")
+    event = Event.objects.get(kind=EventKind.DEPLOYMENT_RECORDED)
     assert event.payload["deployment"]["commits"][0]["sha"] == "abc1234"
     assert event.payload["deployment"]["cards"] == [
         {"id": a.pk, "ref": "PAY-1", "number": 1},
@@ -355,7 +356,10 @@ def test_a_failed_deployment_is_recorded_and_moves_nothing(api, board):
     assert response.status_code == 201
     assert response.json()["moved"] == []
     assert column_titles(board, "Staging") == ["a"]
-    assert Event.objects.get(kind="deployment.recorded").payload["deployment"]["status"] == "failed"
+    assert (
+        Event.objects.get(kind=EventKind.DEPLOYMENT_RECORDED).payload["deployment"]["status"]
+        == "failed"
+    )
 
 
 def test_a_deployment_naming_an_unknown_card_writes_nothing(api, board):
@@ -383,7 +387,7 @@ def test_events_page_in_a_stable_order(api, board):
     everything = ids + [e["id"] for e in rest["items"]]
     assert everything == list(Event.objects.filter(board=board).values_list("id", flat=True))
     assert rest["items"][-1]["card"] == "PAY-5"
-    assert rest["items"][-1]["kind"] == "card.created"
+    assert rest["items"][-1]["kind"] == EventKind.CARD_CREATED
 
 
 # --- retries and limits -----------------------------------------------------------------------
@@ -397,12 +401,12 @@ def test_the_same_idempotency_key_replays_the_first_answer(api, board):
     assert first.status_code == again.status_code == 201
     assert first.json() == again.json()
     assert again["Idempotent-Replay"] == "true"
-    assert Event.objects.filter(kind="deployment.recorded").count() == 1
+    assert Event.objects.filter(kind=EventKind.DEPLOYMENT_RECORDED).count() == 1
     different = api.post(
         "/deployments", deployment(version="other", cards=[card.ref]), key="deploy-42"
     )
     assert_problem(different, 422)
-    assert Event.objects.filter(kind="deployment.recorded").count() == 1
+    assert Event.objects.filter(kind=EventKind.DEPLOYMENT_RECORDED).count() == 1
 
 
 def test_refusals_are_replayed_too_but_auth_failures_are_not(board, bob):
@@ -433,8 +437,8 @@ def test_concurrent_retries_with_one_key_record_exactly_one_deployment(board, bo
         statuses = list(pool.map(send, range(6)))
 
     assert statuses == [201] * 6
-    assert Event.objects.filter(kind="deployment.recorded").count() == 1
-    assert Event.objects.filter(kind="card.moved").count() == 1
+    assert Event.objects.filter(kind=EventKind.DEPLOYMENT_RECORDED).count() == 1
+    assert Event.objects.filter(kind=EventKind.CARD_MOVED).count() == 1
 
 
 def test_a_token_over_its_rate_limit_gets_429(board, bob, settings):
@@ -528,4 +532,4 @@ def test_deployment_times_outside_the_calendar_flux_keeps_are_refused(api, board
     assert_problem(
         api.post("/deployments", deployment(cards=[card.ref], finished_at=finished_at)), 422
     )
-    assert not Event.objects.filter(kind="deployment.recorded").exists()
+    assert not Event.objects.filter(kind=EventKind.DEPLOYMENT_RECORDED).exists()

@@ -14,6 +14,7 @@ import pytest
 from django.urls import reverse
 
 from activity.clock import frozen_at
+from activity.events import EventKind
 from activity.models import Event
 from boards import services
 from boards.models import Board, Card, Membership, Role
@@ -178,7 +179,7 @@ def test_adding_a_board_creates_its_five_columns_and_one_admin_event(staff_clien
         "Deployed",
     ]
     (event,) = Event.objects.filter(board=board)
-    assert (event.kind, event.source, event.actor_name) == ("board.created", "admin", "sam")
+    assert (event.kind, event.source, event.actor_name) == (EventKind.BOARD_CREATED, "admin", "sam")
     assert board.memberships.get().user == staff
 
 
@@ -212,7 +213,11 @@ def test_changing_a_wip_limit_in_the_column_inline_writes_one_column_updated_eve
     assert response.status_code == 302
     assert column(board, "In Review").wip_limit == 3
     (event,) = events_after(before)
-    assert (event.kind, event.source, event.actor_name) == ("column.updated", "admin", "sam")
+    assert (event.kind, event.source, event.actor_name) == (
+        EventKind.COLUMN_UPDATED,
+        "admin",
+        "sam",
+    )
     assert event.payload["changes"] == {"wip_limit": {"old": None, "new": 3}}
     history = staff_client.get(reverse("admin:boards_board_history", args=[board.pk]))
     assert "Changed Wip limit for column “PAY / In Review”." in history.content.decode()
@@ -234,7 +239,7 @@ def test_adding_a_column_in_the_inline_writes_column_created(staff_client, board
     response = staff_client.post(url, {**data, "_save": ["Save"]})
     assert response.status_code == 302
     (event,) = events_after(before)
-    assert event.kind == "column.created"
+    assert event.kind == EventKind.COLUMN_CREATED
     assert (event.payload["column"]["name"], event.payload["column"]["stage"]) == ("QA", "review")
     assert list(board.columns.order_by("position").values_list("name", flat=True))[-1] == "QA"
     history = staff_client.get(reverse("admin:boards_board_history", args=[board.pk]))
@@ -253,7 +258,10 @@ def test_renaming_the_board_and_a_column_together_writes_one_event_each(staff_cl
         **{f"columns-{row}-name": "Pre-prod"},
     )
     assert response.status_code == 302
-    assert [e.kind for e in events_after(before)] == ["board.updated", "column.updated"]
+    assert [e.kind for e in events_after(before)] == [
+        EventKind.BOARD_UPDATED,
+        EventKind.COLUMN_UPDATED,
+    ]
     assert Board.objects.get(pk=board.pk).name == "Payments core"
     assert board.columns.filter(name="Pre-prod").exists()
 
@@ -272,7 +280,7 @@ def test_adding_a_member_in_the_inline_writes_membership_set(staff_client, board
     assert response.status_code == 302
     assert Membership.objects.get(board=board, user=mallory).role == Role.VIEWER
     (event,) = events_after(before)
-    assert (event.kind, event.source) == ("membership.set", "admin")
+    assert (event.kind, event.source) == (EventKind.MEMBERSHIP_SET, "admin")
     assert event.payload == {
         "user_id": mallory.pk,
         "username": "mallory",
@@ -293,7 +301,10 @@ def test_changing_and_removing_members_in_the_inline(staff_client, board, bob, v
         **{f"memberships-{bob_row}-role": "admin", f"memberships-{victor_row}-DELETE": "on"},
     )
     assert response.status_code == 302
-    assert [e.kind for e in events_after(before)] == ["membership.set", "membership.removed"]
+    assert [e.kind for e in events_after(before)] == [
+        EventKind.MEMBERSHIP_SET,
+        EventKind.MEMBERSHIP_REMOVED,
+    ]
     assert dict(board.memberships.values_list("user__username", "role")) == {
         "alice": "admin",
         "bob": "admin",
@@ -337,7 +348,7 @@ def test_adding_a_card_goes_through_card_create(staff_client, board):
     )
     (event,) = events_after(before)
     assert (event.kind, event.card, event.source, event.actor_name) == (
-        "card.created",
+        EventKind.CARD_CREATED,
         card,
         "admin",
         "sam",
@@ -354,7 +365,7 @@ def test_editing_a_cards_title_writes_card_updated(staff_client, board):
     card.refresh_from_db()
     assert (card.title, card.version) == ("New title", 2)
     (event,) = events_after(before)
-    assert (event.kind, event.source) == ("card.updated", "admin")
+    assert (event.kind, event.source) == (EventKind.CARD_UPDATED, "admin")
     assert event.payload["changes"] == {"title": {"old": "Old title", "new": "New title"}}
 
 
@@ -366,7 +377,7 @@ def test_changing_a_cards_column_writes_card_moved(staff_client, board):
     card.refresh_from_db()
     assert card.column.name == "Staging"
     (event,) = events_after(before)
-    assert event.kind == "card.moved"
+    assert event.kind == EventKind.CARD_MOVED
     assert (event.payload["from"]["column"], event.payload["to"]["column"]) == ("To Do", "Staging")
 
 
@@ -378,7 +389,7 @@ def test_ticking_labels_writes_card_labelled(staff_client, board, labels):
     assert response.status_code == 302
     assert set(card.labels.values_list("name", flat=True)) == {"bug", "infra"}
     new = events_after(before)
-    assert [e.kind for e in new] == ["card.labelled", "card.labelled"]
+    assert [e.kind for e in new] == [EventKind.CARD_LABELLED, EventKind.CARD_LABELLED]
     assert {e.payload["label"]["name"] for e in new} == {"bug", "infra"}
 
 
@@ -509,7 +520,7 @@ def listed_ids(html: str, model: str) -> list[int]:
 @pytest.fixture
 def card_event(board):
     card = make_card(board, title="Settle refunds")
-    return Event.objects.get(card=card, kind="card.created")
+    return Event.objects.get(card=card, kind=EventKind.CARD_CREATED)
 
 
 def follow_link(client, url: str, html: str, text: str) -> str:
@@ -541,7 +552,7 @@ def test_the_event_list_loads_and_filters_by_board_kind_and_date(
     assert listed_ids(by_board, "activity/event") == list(
         Event.objects.filter(board=other_board).values_list("pk", flat=True)
     )
-    by_kind = follow_link(staff_client, changelist, html, "card.created")
+    by_kind = follow_link(staff_client, changelist, html, EventKind.CARD_CREATED)
     assert sorted(listed_ids(by_kind, "activity/event")) == [card_event.pk, old_event.pk]
     today = follow_link(staff_client, changelist, html, "Today")
     assert old_event.pk not in listed_ids(today, "activity/event")
@@ -564,7 +575,7 @@ def test_an_event_is_shown_with_its_payload_but_cannot_be_saved(staff_client, ca
     assert posted.status_code == 403
     stored = Event.objects.get(pk=card_event.pk)
     assert (stored.kind, stored.actor_name, stored.payload) == (
-        "card.created",
+        EventKind.CARD_CREATED,
         "alice",
         card_event.payload,
     )

@@ -9,6 +9,7 @@ from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
 
+from activity.events import EventKind
 from activity.log import Actor
 from activity.models import Event
 from boards import services
@@ -287,7 +288,7 @@ def test_garbage_move_input_is_a_422_not_a_500(editor, board):
     url = reverse("boards:card-move", args=["PAY", card.number])
     for data in [{}, {"to_column": "x", "version": "1"}, {"to_column": 999999, "version": 1}]:
         assert editor.post(url, data, **HX).status_code == 422
-    assert Event.objects.filter(kind="card.moved").count() == 0
+    assert Event.objects.filter(kind=EventKind.CARD_MOVED).count() == 0
 
 
 # --- cards ------------------------------------------------------------------------------------
@@ -341,7 +342,12 @@ def test_editing_a_card_saves_every_field_and_logs_it(editor, board, bob):
     )
     assert list(card.labels.values_list("name", flat=True)) == ["bug"]
     kinds = Event.objects.filter(card=card).values_list("kind", flat=True)
-    assert list(kinds) == ["card.created", "card.updated", "card.labelled", "card.assigned"]
+    assert list(kinds) == [
+        EventKind.CARD_CREATED,
+        EventKind.CARD_UPDATED,
+        EventKind.CARD_LABELLED,
+        EventKind.CARD_ASSIGNED,
+    ]
     assert f'id="card-{card.pk}"' in response.content.decode()  # the board's copy updates too
 
 

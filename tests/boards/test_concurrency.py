@@ -7,6 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from django.db import connection, transaction
 
+from activity.events import EventKind
 from activity.models import Event
 from boards import services
 from boards.errors import ConflictError
@@ -87,7 +88,7 @@ def test_many_threads_moving_cards_of_one_column_lose_and_duplicate_nothing(boar
     assert Card.objects.filter(board=board).count() == 24
     assert Card.objects.filter(board=board, archived=False).count() == 24
     assert_strict_order(board)
-    moves = Event.objects.filter(board=board, kind="card.moved")
+    moves = Event.objects.filter(board=board, kind=EventKind.CARD_MOVED)
     versions = sum(c.version - 1 for c in Card.objects.filter(board=board))
     assert moves.count() == versions  # one event for every move that changed a card
     for card in Card.objects.filter(board=board):
@@ -126,7 +127,7 @@ def test_the_same_card_moved_at_once_succeeds_once_and_conflicts_for_the_rest(bo
     assert outcomes.count("conflict") == len(destinations) - 1
     card.refresh_from_db()
     assert card.version == seen_version + 1
-    assert Event.objects.filter(card=card, kind="card.moved").count() == 1
+    assert Event.objects.filter(card=card, kind=EventKind.CARD_MOVED).count() == 1
     assert_strict_order(board)
 
 
@@ -160,14 +161,14 @@ def test_concurrent_inserts_into_one_gap_all_land_in_strict_order(board, bob):
     assert titles[0] == "anchor"
     assert titles[-1] == "tail"
     assert sorted(titles[1:-1]) == sorted(c.title for c in newcomers)
-    assert Event.objects.filter(board=board, kind="card.moved").count() == 16
+    assert Event.objects.filter(board=board, kind=EventKind.CARD_MOVED).count() == 16
     assert_strict_order(board)
 
 
 def test_moves_into_different_columns_of_one_board_wait_only_for_the_log(board, bob):
     """A move locks its target column and card, not the board: while another move on the
     board is still open, a second one reads and locks what it needs without waiting, and
-    waits only to append its event after the first one's (the board's hash chain, issue 7),
+    waits only to append its event after the first one's (the board's hash chain),
     which it does as soon as the first commits."""
     first = make_card(board, title="first")
     second = make_card(board, title="second")
@@ -266,4 +267,4 @@ def test_a_deployment_and_people_moving_its_cards_at_once_never_deadlock(board, 
             for future in futures:
                 future.result(timeout=60)
     assert errors == []
-    assert Event.objects.filter(kind="deployment.recorded").count() == 3
+    assert Event.objects.filter(kind=EventKind.DEPLOYMENT_RECORDED).count() == 3

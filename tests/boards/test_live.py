@@ -29,6 +29,7 @@ from django.db import transaction
 from django.test import Client
 
 from activity import live
+from activity.events import EventKind
 from activity.log import Actor
 from activity.models import Event
 from boards import services
@@ -254,7 +255,7 @@ def test_a_change_made_elsewhere_reaches_every_open_stream(
         [message] = stream.changes(1)
         assert message.id == moved
         change = message.json
-        assert change["kind"] == "card.moved"
+        assert change["kind"] == EventKind.CARD_MOVED
         assert change["card"] == card.pk
         assert change["actor"] == "bob"
         assert change["text"] == f"bob moved {card.ref} from To Do to In Progress"
@@ -295,8 +296,8 @@ def test_reconnecting_with_last_event_id_replays_exactly_the_missed_events(
             services.comment_add(actor=as_actor(bob), card_id=card.pk, body="after the replay")
             [after] = stream.changes(1)
             newest = latest_event_id(board)
-            assert (after.id, after.json["kind"]) == (newest, "comment.added")
-            missed.append((newest, "comment.added"))  # the next reconnection replays it too
+            assert (after.id, after.json["kind"]) == (newest, EventKind.COMMENT_ADDED)
+            missed.append((newest, EventKind.COMMENT_ADDED))  # the next reconnection replays it too
         finally:
             stream.close()
         live_channel.let_idle_listeners_go()
@@ -499,5 +500,5 @@ def test_without_redis_the_hub_carries_committed_changes_within_the_process(sett
     )
     assert done.wait(30)
     loop_thread.join(30)
-    assert received[0]["kind"] == "card.moved"
+    assert received[0]["kind"] == EventKind.CARD_MOVED
     assert received[0]["text"] == f"bob moved {card.ref} from To Do to In Review"

@@ -5,6 +5,7 @@ import datetime
 import pytest
 from django.core.exceptions import ValidationError
 
+from activity.events import EventKind
 from activity.models import Event
 from boards import services
 from boards.errors import ConflictError, ForbiddenError, NotFoundError, WipLimitError
@@ -33,42 +34,42 @@ def _label(board, actor):
 
 # Each entry: (name, expected kind, call(board, card, actor, other_user) -> None)
 SERVICE_CALLS = [
-    ("board_update", "board.updated",
+    ("board_update", EventKind.BOARD_UPDATED,
      lambda b, c, a, u: services.board_update(actor=a, board_id=b.pk, name="Payments 2")),
-    ("column_create", "column.created",
+    ("column_create", EventKind.COLUMN_CREATED,
      lambda b, c, a, u: services.column_create(actor=a, board_id=b.pk, name="QA", stage="review")),
-    ("column_update", "column.updated",
+    ("column_update", EventKind.COLUMN_UPDATED,
      lambda b, c, a, u: services.column_update(
          actor=a, column_id=column(b, "In Review").pk, wip_limit=3)),
-    ("membership_set", "membership.set",
+    ("membership_set", EventKind.MEMBERSHIP_SET,
      lambda b, c, a, u: services.membership_set(
          actor=a, board_id=b.pk, user_id=u.pk, role="viewer")),
-    ("membership_remove", "membership.removed",
+    ("membership_remove", EventKind.MEMBERSHIP_REMOVED,
      lambda b, c, a, u: services.membership_remove(
          actor=a, board_id=b.pk, user_id=b.memberships.get(role="editor").user_id)),
-    ("label_create", "label.created", lambda b, c, a, u: _label(b, a)),
-    ("label_update", "label.updated",
+    ("label_create", EventKind.LABEL_CREATED, lambda b, c, a, u: _label(b, a)),
+    ("label_update", EventKind.LABEL_UPDATED,
      lambda b, c, a, u: services.label_update(
          actor=a, label_id=Label.objects.get(board=b, name="seed").pk, colour="#000000")),
-    ("card_create", "card.created",
+    ("card_create", EventKind.CARD_CREATED,
      lambda b, c, a, u: services.card_create(actor=a, board_id=b.pk, title="New")),
-    ("card_update", "card.updated",
+    ("card_update", EventKind.CARD_UPDATED,
      lambda b, c, a, u: services.card_update(
          actor=a, card_id=c.pk, expected_version=c.version, title="Renamed",
          due_date=datetime.date(2026, 12, 24))),
-    ("card_move", "card.moved",
+    ("card_move", EventKind.CARD_MOVED,
      lambda b, c, a, u: services.card_move(
          actor=a, card_id=c.pk, to_column_id=column(b, "In Progress").pk,
          expected_version=c.version)),
-    ("card_archive", "card.archived",
+    ("card_archive", EventKind.CARD_ARCHIVED,
      lambda b, c, a, u: services.card_archive(actor=a, card_id=c.pk)),
-    ("card_label_add", "card.labelled",
+    ("card_label_add", EventKind.CARD_LABELLED,
      lambda b, c, a, u: services.card_label_add(
          actor=a, card_id=c.pk, label_id=Label.objects.get(board=b, name="seed").pk)),
-    ("card_assign", "card.assigned",
+    ("card_assign", EventKind.CARD_ASSIGNED,
      lambda b, c, a, u: services.card_assign(
          actor=a, card_id=c.pk, user_ids=[b.memberships.get(role="editor").user_id])),
-    ("comment_add", "comment.added",
+    ("comment_add", EventKind.COMMENT_ADDED,
      lambda b, c, a, u: services.comment_add(actor=a, card_id=c.pk, body="Looks good")),
 ]  # fmt: skip
 
@@ -103,7 +104,7 @@ def test_the_remaining_card_services_write_one_event_each(seeded, alice):
     services.card_restore(actor=actor, card_id=card.pk)
     services.card_label_remove(actor=actor, card_id=card.pk, label_id=label.pk)
     kinds = list(Event.objects.filter(pk__gt=last).values_list("kind", flat=True))
-    assert kinds == ["card.restored", "card.unlabelled"]
+    assert kinds == [EventKind.CARD_RESTORED, EventKind.CARD_UNLABELLED]
 
 
 def test_board_create_makes_the_five_pipeline_columns_and_one_event(alice):
@@ -118,7 +119,7 @@ def test_board_create_makes_the_five_pipeline_columns_and_one_event(alice):
     ]
     assert board.memberships.get().role == Role.ADMIN
     (event,) = Event.objects.filter(board=board)
-    assert event.kind == "board.created"
+    assert event.kind == EventKind.BOARD_CREATED
     assert len(event.payload["columns"]) == 5
 
 
@@ -248,7 +249,7 @@ def test_a_stale_version_gets_a_conflict_and_changes_nothing(seeded, alice, bob)
         services.card_update(actor=as_actor(bob), card_id=card.pk, expected_version=seen, title="x")
     assert conflict.value.card.column.name == "Staging"
     assert snapshot_state() == before
-    assert Event.objects.filter(card=card, kind="card.moved").count() == 1
+    assert Event.objects.filter(card=card, kind=EventKind.CARD_MOVED).count() == 1
 
 
 def test_moves_place_cards_exactly_where_asked(seeded, bob):
@@ -342,7 +343,7 @@ def test_a_crowded_gap_is_rebalanced_and_order_stays_strict(seeded, bob):
     ranks = list(Card.objects.filter(board=board).values_list("rank", flat=True))
     assert len(set(ranks)) == len(ranks)
     assert max(len(r) for r in ranks) <= 49
-    rebalances = Event.objects.filter(kind="card.moved", payload__has_key="rebalanced")
+    rebalances = Event.objects.filter(kind=EventKind.CARD_MOVED, payload__has_key="rebalanced")
     assert rebalances.exists()
 
 

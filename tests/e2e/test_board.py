@@ -5,6 +5,7 @@ import re
 import pytest
 from playwright.sync_api import Browser, Locator, Page, expect
 
+from activity.events import EventKind
 from activity.models import Event
 from boards.models import Card
 from tests.conftest import column_titles, make_card
@@ -196,7 +197,7 @@ def test_someone_else_moves_the_card_first_and_the_page_says_so(
     toast(page, "changed by someone else first")
     assert refs(page, "Staging") == ["PAY-1"]
     assert refs(page, "In Review") == []
-    assert Event.objects.filter(card__number=1, kind="card.moved").count() == 1
+    assert Event.objects.filter(card__number=1, kind=EventKind.CARD_MOVED).count() == 1
     problems = browser_log.problems(expected_status={"/b/PAY/cards/1/move": 409})
     # The cut-off stream is reported by Chromium (its URL) and htmx (an Event object).
     assert [p for p in problems if "/live/" not in p and "[object Event]" not in p] == []
@@ -216,7 +217,7 @@ def test_a_drop_while_a_move_is_in_flight_is_not_sent(page: Page, payments, brow
     held[0].continue_()
     toast(page, "PAY-1 moved to In Review.")
     expect(page.locator("#board")).not_to_have_class(re.compile(r"\bbusy\b"))
-    assert Event.objects.filter(kind="card.moved").count() == 1
+    assert Event.objects.filter(kind=EventKind.CARD_MOVED).count() == 1
     assert refs(page, "In Review") == ["PAY-1"]
     assert refs(page, "To Do") == ["PAY-2"]
     assert refs(page, "Staging") == []

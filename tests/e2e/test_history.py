@@ -7,6 +7,7 @@ import pytest
 from playwright.sync_api import Page, expect
 
 from activity import clock
+from activity.events import EventKind
 from activity.log import Actor
 from activity.models import Event
 from boards import services
@@ -33,7 +34,7 @@ def test_stepping_through_a_days_events_shows_the_board_as_it_was(
         services.card_update(
             actor=Actor(user=bob), card_id=card.pk, expected_version=None, title="Retry payouts"
         )
-    moved = Event.objects.get(kind="card.moved")
+    moved = Event.objects.get(kind=EventKind.CARD_MOVED)
     log_in(page, "alice")
     page.goto(f"/b/PAY/history/?event={moved.pk}")
     expect(page.locator(".past-banner")).to_contain_text("The past, read-only")

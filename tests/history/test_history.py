@@ -6,6 +6,7 @@ import pytest
 from django.test import Client
 
 from activity import clock
+from activity.events import EventKind
 from activity.models import Event
 from boards import services
 from history.timeline import moment_parse
@@ -54,7 +55,7 @@ def test_the_board_as_it_was_is_marked_as_the_past_and_lists_changes_since(board
 
 
 def test_stepping_goes_one_event_at_a_time(board, alice, history):
-    moved = Event.objects.get(kind="card.moved")
+    moved = Event.objects.get(kind=EventKind.CARD_MOVED)
     assert moved.seq is not None
     page = client_for(alice).get(f"/b/PAY/history/?event={moved.pk}")
     html = page.content.decode()

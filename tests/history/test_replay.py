@@ -14,6 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from activity import clock
+from activity.events import EventKind
 from activity.models import Event
 from boards import ranking, services
 from boards.errors import FluxError
@@ -241,7 +242,7 @@ def test_a_rebalanced_column_replays_to_the_same_ranks(board, bob, monkeypatch):
             expected_version=None,
             after_id=top.pk,
         )
-    assert Event.objects.filter(kind="card.moved", payload__has_key="rebalanced").exists()
+    assert Event.objects.filter(kind=EventKind.CARD_MOVED, payload__has_key="rebalanced").exists()
     assert bottom.pk
     assert_replay_equals_present(board, use_snapshots=False)
 
