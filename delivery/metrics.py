@@ -61,12 +61,16 @@ class Window:
 
 @dataclass(frozen=True)
 class Spread:
+    """A sample's median, 85th percentile and size: how every duration is summarised, here
+    over a window and by the daily rollups (delivery.rollups) over a day."""
+
     p50: float | None
     p85: float | None
     count: int
 
     @classmethod
     def of(cls, values: list[float]) -> "Spread":
+        """The spread of `values`, in any order; None for both percentiles when empty."""
         ordered = sorted(values)
         return cls(percentile(ordered, 50), percentile(ordered, 85), len(ordered))
 

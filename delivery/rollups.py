@@ -1,22 +1,45 @@
 """Incremental, idempotent projections of the log: deployments, card flow, rework, daily rollups.
 
+One definition. Each projection is defined once, in this module, and that definition serves
+incremental runs and rebuilds alike, on PostgreSQL and on SQLite. It is applied to a scope:
+the events of one batch, or every event (a rebuild, into emptied tables).
+
+- What the events say (`_statements`, "gather"): which events make a deployment, a rework, a
+  start or a commit moment, and which cards a deployment delivers. Set-based SQL over the
+  scope's events.
+- What follows for the cards the scope touched (every card, in a rebuild; "derive"): a card's
+  flow (its earliest creation, start and commit), and each of its deliveries timed from the
+  moments known at or before its deployment (lead, cycle and card lead time). Set-based SQL
+  over those cards' projection rows, so a delivery rolled up earlier is timed again when a
+  moment it should have counted arrives later.
+- A day's numbers, for the (service, UTC day)s the scope touched (every day, in a rebuild):
+  its counts and its deliveries' times read in one streamed query (`_days_statement`), and
+  their medians and 85th percentiles from `metrics.Spread`, the percentile the metrics pages
+  use (`_day_numbers`).
+
+The SQL is written once for both databases. What each spells differently (a JSON value, an
+array's elements, an ISO time from a payload, the seconds between two times, a UTC day, a
+list of ids) comes from `_Sql`, which knows spellings and no rule. The event kinds, stages,
+statuses and environments the rules name are bound parameters taken from their enums and
+constants (`_PARAMS`); `KINDS_READ` and `KINDS_IGNORED` say which kinds the rules read.
+
 `rollups_advance()` applies the events committed since its last run, in batches, each batch
 in one transaction with the cursor that records it: a run killed half-way leaves the cursor
 where it was, and the rerun applies the same events again to the same rows (every write here
-is an upsert keyed by the event, or a min, or a recomputation). The result does not depend on
-the order events are applied in: card times and daily numbers are recomputed from the
-projection rows for everything a batch touched.
+is an insert that keeps the row it finds, keyed by the event, or a min, or a recomputation).
+The result does not depend on the order events are applied in: a touched card's deliveries
+and a touched day's numbers are recomputed whole from the projection rows.
 
-Commit safety (DESIGN.md, invariant 5): on PostgreSQL an event is read only once every
-transaction with a lower id has finished (its txid is below the snapshot's xmin), so an
-event whose transaction commits late is neither skipped nor counted twice.
+Commit safety: on PostgreSQL an event is read only once every transaction with a lower id
+has finished (its txid is below the snapshot's xmin), so an event whose transaction commits
+late is neither skipped nor counted twice.
 
-Rebuild (PostgreSQL): `rollups_rebuild()` recomputes every projection in one transaction of
-a few set-based SQL statements (`_REBUILD`), from the events visible to that transaction's
+Rebuild: `rollups_rebuild()` empties the projections and applies the definition to every
+event, in one transaction. On PostgreSQL the events are those visible to that transaction's
 snapshot, whatever transaction ids they carry; the cursor's watermark becomes the snapshot's
 xmin, so an event the snapshot could not see is read by the next incremental run, and one it
 saw above the watermark is read again then, which changes nothing (applying is idempotent).
-On SQLite a rebuild empties the projections and applies the log batch by batch.
+On SQLite, which serialises writers, the watermark is the newest event id the rebuild read.
 
 Restores: transaction ids are a cluster's own. A logical dump restored into another cluster
 (a fresh one counts from the start again) carries events, and a cursor watermark, from the
@@ -31,27 +54,31 @@ nothing. (A reader that instead treated ids at or above pg_current_xact_id() as 
 would lose that evidence once the new counter passes them, and could not tell an old event
 from a new one below the restored watermark.)
 
-Speed: a batch is applied set-wise, with a fixed number of queries whatever its size. The
-events are read as plain tuples (only the payload keys the projections need, extracted by
-the database); the cards, flows, moments and deliveries the batch touches are read with one
-query each; each kind of projection row is written with one bulk insert or upsert (ON
-CONFLICT), and only the rows whose values change; the touched days are recomputed from one
-read of their deployments, deliveries and rework. Runs are serialised by the cursor's row
-lock, so reading, merging in Python and writing back cannot race another run.
+Speed: a batch is a fixed number of statements whatever its size. Its event ids, then the
+cards and the days it touches, are read once each and bound as lists of constants, which
+the planner reaches by index; only rows whose values change are written. A rebuild runs the
+same statements unrestricted, each reading the log (or the rows written before it) once,
+with the secondary indexes built after the load; a day's delivery times come back as one
+array per day, streamed, so memory stays flat. Runs are serialised by the cursor's row lock
+(a rebuild locks the cursor table), so no two runs write the projections at once.
 """
 
 import datetime
-from collections import defaultdict
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+import functools
+import json
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from itertools import groupby
+from operator import itemgetter
+from typing import Any, NamedTuple, cast
 
 from django.db import connection, transaction
-from django.db.models import BooleanField, Case, Q, QuerySet, Value, When
-from django.db.models.fields.json import KT, KeyTransform
+from django.db.backends.utils import CursorWrapper
 
+from activity.events import EventKind
 from activity.models import Event
-from boards.models import Card  # read for card refs and creation times, never written here
-from delivery.metrics import percentile
+from boards.models import Stage
+from delivery.metrics import Spread
 from delivery.models import (
     CardFlow,
     CardMoment,
@@ -65,25 +92,50 @@ from delivery.models import (
 
 CURSOR = "delivery"
 BATCH = 5000
-DELIVERED_TO = {"production", "staging"}  # environments whose success delivers cards
-DEPLOYED = "deployed"
-IN_PROGRESS = "in_progress"
-DAYS_PER_QUERY = 200  # touched days recomputed per round of queries (bounds the OR list)
-UTC = datetime.UTC
+PRODUCTION = "production"  # the environment the daily numbers and DORA metrics count
+DELIVERED_TO = (PRODUCTION, "staging")  # environments whose success delivers cards
+SUCCESS, FAILED = "success", "failed"
+DAYS_PER_WRITE = 2000  # daily rollups written per statement (memory stays flat in a rebuild)
+
+# The kinds the projections read, and those they ignore: together, every kind, once.
+KINDS_READ: frozenset[EventKind] = frozenset(
+    {EventKind.CARD_CREATED, EventKind.CARD_MOVED, EventKind.DEPLOYMENT_RECORDED}
+)
+KINDS_IGNORED: frozenset[EventKind] = frozenset(
+    {
+        EventKind.BOARD_CREATED,
+        EventKind.BOARD_UPDATED,
+        EventKind.COLUMN_CREATED,
+        EventKind.COLUMN_UPDATED,
+        EventKind.MEMBERSHIP_SET,
+        EventKind.MEMBERSHIP_REMOVED,
+        EventKind.LABEL_CREATED,
+        EventKind.LABEL_UPDATED,
+        EventKind.CARD_UPDATED,
+        EventKind.CARD_ARCHIVED,
+        EventKind.CARD_RESTORED,
+        EventKind.CARD_LABELLED,
+        EventKind.CARD_UNLABELLED,
+        EventKind.CARD_ASSIGNED,
+        EventKind.COMMENT_ADDED,
+    }
+)
+
+Progress = Callable[[int], object]  # told how many events were applied (a tqdm bar's update)
 
 # The projection tables, dependents first (the order a rebuild empties them in).
 PROJECTIONS = (DeploymentCard, Deployment, Rework, CardMoment, CardFlow, DailyRollup)
 
 
-def rollups_advance(*, batch: int = BATCH, progress: Callable[[int], None] | None = None) -> int:
-    """Apply every event committed since the last run; returns how many were applied."""
+def rollups_advance(*, batch: int = BATCH, progress: Progress | None = None) -> int:
+    """Apply every event committed since the last run, exactly once; returns how many."""
     applied = 0
     if connection.vendor == "postgresql" and not _cursor_of_this_cluster():
         # No cursor yet, or one written by another cluster (a restored dump): its transaction
         # ids mean nothing here, so read the whole log once by visibility (see rebuild).
         applied = _rebuild_postgresql(progress=progress, unless_cursor_is_ours=True)
     while True:
-        count, more = _advance_one_batch(batch=batch)
+        count, more = _batch_advance(batch=batch)
         applied += count
         if progress and count:
             progress(count)
@@ -91,19 +143,12 @@ def rollups_advance(*, batch: int = BATCH, progress: Callable[[int], None] | Non
             return applied
 
 
-def rollups_rebuild(*, batch: int = BATCH, progress: Callable[[int], None] | None = None) -> int:
-    """Forget every projection and build them again from the whole log."""
+def rollups_rebuild(*, progress: Progress | None = None) -> int:
+    """Forget every projection and build them again from the whole log, in one transaction;
+    gives the rows the incremental runs give. Returns how many events it read."""
     if connection.vendor == "postgresql":
         return _rebuild_postgresql(progress=progress)
-    with transaction.atomic():
-        ProjectionCursor.objects.select_for_update().filter(name=CURSOR).first()
-        with connection.cursor() as cursor:
-            for model in PROJECTIONS:
-                cursor.execute(f"DELETE FROM {connection.ops.quote_name(model._meta.db_table)}")
-        ProjectionCursor.objects.update_or_create(
-            name=CURSOR, defaults={"txid_watermark": 0, "event_watermark": 0, "events_applied": 0}
-        )
-    return rollups_advance(batch=batch, progress=progress)
+    return _rebuild_sqlite(progress=progress)
 
 
 def events_pending() -> int:
@@ -137,452 +182,644 @@ _CURSOR_CLUSTER = """
       FROM pg_control_system()"""
 
 
-# --- reading the log ----------------------------------------------------------------------------
-
-# One event as the projections need it (a named tuple of the fields below).
-EventRow = tuple
-
-
-def _event_rows(events: QuerySet) -> list[EventRow]:
-    """The events as plain tuples, with only the payload keys the projections read."""
-    return list(
-        events.annotate(
-            created_stage=KT("payload__card__stage"),
-            from_stage=KT("payload__from__stage"),
-            to_stage=KT("payload__to__stage"),
-            by_deployment=Case(
-                When(payload__has_key="deployment_id", then=Value(True)),
-                default=Value(False),
-                output_field=BooleanField(),
-            ),
-            deployment_data=Case(
-                When(kind="deployment.recorded", then=KeyTransform("deployment", "payload")),
-                default=None,
-            ),
-        ).values_list(
-            "pk",
-            "txid",
-            "kind",
-            "board_id",
-            "card_id",
-            "occurred_at",
-            "source",
-            "actor_name",
-            "created_stage",
-            "from_stage",
-            "to_stage",
-            "by_deployment",
-            "deployment_data",
-            named=True,
-        )
-    )
+# --- reading the log in batches -----------------------------------------------------------------
 
 
 @transaction.atomic
-def _advance_one_batch(*, batch: int) -> tuple[int, bool]:
-    """Apply one batch; returns how many events, and whether more are waiting."""
+def _batch_advance(*, batch: int) -> tuple[int, bool]:
+    """Apply one batch with the cursor that records it; returns how many events, and whether
+    more are waiting."""
     cursor, _ = ProjectionCursor.objects.get_or_create(name=CURSOR)
     cursor = ProjectionCursor.objects.select_for_update().get(pk=cursor.pk)
     if connection.vendor == "postgresql":
-        events, cursor.txid_watermark, more = _next_by_txid(cursor.txid_watermark, batch)
+        events, cursor.txid_watermark, more = _batch_next_by_txid(cursor.txid_watermark, batch)
     else:
-        events = _event_rows(
-            Event.objects.filter(pk__gt=cursor.event_watermark).order_by("pk")[: batch + 1]
+        events = list(
+            Event.objects.filter(pk__gt=cursor.event_watermark)
+            .order_by("pk")
+            .values_list("pk", "kind")[: batch + 1]
         )
         more = len(events) > batch
         events = events[:batch]
         if events:
-            cursor.event_watermark = events[-1].pk
-    if events:
-        _apply(events)
+            cursor.event_watermark = events[-1][0]
+    read = [pk for pk, kind, *_ in events if kind in KINDS_READ]
+    if read:
+        _projections_apply(events=read)
     cursor.events_applied += len(events)
     cursor.save()
     return len(events), more
 
 
-def _next_by_txid(watermark: int, batch: int) -> tuple[list[EventRow], int, bool]:
-    """Events of finished transactions from `watermark` on, whole transactions at a time;
-    with the next watermark and whether more events are waiting below the horizon."""
+def _batch_next_by_txid(watermark: int, batch: int) -> tuple[list[tuple], int, bool]:
+    """Events (id, kind, txid) of finished transactions from `watermark` on, whole transactions
+    at a time; with the next watermark and whether more events are waiting below the horizon."""
     horizon = _snapshot_xmin()
-    events = _event_rows(
-        Event.objects.filter(txid__gte=watermark, txid__lt=horizon).order_by("txid", "pk")[
-            : batch + 1
-        ]
+    # The column allows NULL, which txid__gte leaves out: every event read has its txid.
+    events = cast(
+        list[tuple[int, str, int]],
+        list(
+            Event.objects.filter(txid__gte=watermark, txid__lt=horizon)
+            .order_by("txid", "pk")
+            .values_list("pk", "kind", "txid")[: batch + 1]
+        ),
     )
     if len(events) <= batch:
         return events, max(horizon, watermark), False
-    last = events[-1].txid
-    whole = [event for event in events if event.txid != last]
+    last = events[-1][2]
+    whole = [event for event in events if event[2] != last]
     if whole:
         return whole, last, True
     # One transaction wrote more than a batch: take all of it.
-    return _event_rows(Event.objects.filter(txid=last).order_by("pk")), last + 1, True
+    every = Event.objects.filter(txid=last).order_by("pk").values_list("pk", "kind", "txid")
+    return list(every), last + 1, True
 
 
-# --- applying a batch ---------------------------------------------------------------------------
+# --- the one definition -------------------------------------------------------------------------
 
 
-@dataclass
-class _FlowNote:
-    """What one batch says about a card's flow (None: nothing)."""
+@dataclass(frozen=True)
+class _Sql:
+    """How the definition is spelt for one database and one scope. Spellings only, no rule:
+    each method gives the same value on both databases."""
 
-    board_id: int
-    created_at: datetime.datetime | None = None
-    started_at: datetime.datetime | None = None
-    first_commit_at: datetime.datetime | None = None
+    postgresql: bool
+    whole: bool  # every event, card and day (a rebuild), or the scope's (an incremental batch)
+
+    def events(self, column: str) -> str:
+        """`column` is one of the scope's events (the bound parameter `events`)."""
+        return "true" if self.whole else self._one_of(column, "events")
+
+    def cards(self, column: str) -> str:
+        """`column` is one of the cards the scope touched (the bound parameter `cards`)."""
+        return "true" if self.whole else self._one_of(column, "cards")
+
+    def _one_of(self, column: str, name: str) -> str:
+        # A list of constants the planner sees, so that it reaches the rows by index.
+        if self.postgresql:
+            return f"{column} = ANY(%({name})s)"
+        return f"{column} IN (SELECT value FROM json_each(%({name})s))"
+
+    def ids(self, values: Sequence[int]) -> list[int] | str:
+        """A list of ids as `events` and `cards` take it."""
+        return list(values) if self.postgresql else json.dumps(list(values))
+
+    def days(self, table: str, alias: str, moment: str) -> str:
+        """`table` (as `alias`), limited to the rows whose `moment` falls on a day the scope
+        touched in their service (the bound parameter `days`): by time range, so the
+        (board, time) indexes serve it."""
+        if self.whole:
+            return f"{table} {alias}"
+        return (
+            f"{self.touched_days()} JOIN {table} {alias} ON {alias}.board_id = s.board_id"
+            f" AND {alias}.{moment} >= {self.midnight('s.day')}"
+            f" AND {alias}.{moment} < {self.midnight('s.day', later=1)}"
+        )
+
+    def touched_days(self) -> str:
+        """The days the scope touched, as rows s(board_id, day)."""
+        if self.postgresql:
+            return "unnest(%(day_boards)s::bigint[], %(day_dates)s::date[]) AS s(board_id, day)"
+        return (
+            "(SELECT json_extract(value, '$[0]') AS board_id, json_extract(value, '$[1]') AS day"
+            " FROM json_each(%(days)s)) s"
+        )
+
+    def days_bound(self, days: Sequence[tuple[int, datetime.date | str]]) -> dict:
+        """The parameters `days` takes: (service, UTC day)s."""
+        if self.postgresql:
+            return {"day_boards": [b for b, _ in days], "day_dates": [d for _, d in days]}
+        return {"days": json.dumps([[board, str(day)] for board, day in days])}
+
+    def analyse(self, table: str) -> list[str]:
+        """The statements that give the planner a temporary table's statistics (PostgreSQL
+        has none for them otherwise, and would guess scans of whole projections)."""
+        return [f"ANALYZE {table}"] if self.postgresql else []
+
+    def upsert(self, clause: str) -> str:
+        """What a write does with a row already there; a rebuild writes into empty tables."""
+        return "" if self.whole else clause
+
+    def json(self, document: str, *path: str) -> str:
+        """The JSON value at `path` in `document` (NULL when missing)."""
+        if self.postgresql:
+            return document + "".join(f" -> '{key}'" for key in path)
+        return f"json_extract({document}, '$.{'.'.join(path)}')"
+
+    def text(self, document: str, *path: str) -> str:
+        """The text (or number) at `path` in `document` (NULL when missing)."""
+        if self.postgresql:
+            return f"({self.json(document, *path[:-1])} ->> '{path[-1]}')"
+        return self.json(document, *path)
+
+    def lacks(self, document: str, key: str) -> str:
+        """`document` has no key `key` (a key holding null counts as there)."""
+        if self.postgresql:
+            return f"{document} -> '{key}' IS NULL"
+        return f"json_type({document}, '$.{key}') IS NULL"
+
+    def differs(self, a: str, b: str) -> str:
+        """a != b, a NULL equal to a NULL only (SQLite before 3.39 lacks IS DISTINCT FROM)."""
+        return f"{a} IS DISTINCT FROM {b}" if self.postgresql else f"{a} IS NOT {b}"
+
+    def elements(self, array: str, alias: str) -> str:
+        """A JSON array's elements as rows `alias`(value, key), key ascending in array order;
+        none when the array is missing."""
+        if self.postgresql:
+            return f"jsonb_array_elements({array}) WITH ORDINALITY AS {alias}(value, key)"
+        return f"json_each({array}) AS {alias}"
+
+    def values_of(self, array: str, key: str) -> str:
+        """The JSON list of each element's `key`, in array order ([] for none)."""
+        value, elements = self.json("x.value", key), self.elements(array, "x")
+        if self.postgresql:
+            return f"coalesce((SELECT jsonb_agg({value} ORDER BY x.key) FROM {elements}), '[]')"
+        return f"(SELECT json_group_array({value}) FROM {elements})"
+
+    def distinct_keys(self, array: str, key: str, alias: str) -> str:
+        """The distinct `key`s (as text) of a JSON array's elements, as rows `alias`(value).
+        Each array is deduplicated on its own (a few elements), not the rows of all of them."""
+        value, elements = self.text("x.value", key), self.elements(array, "x")
+        if self.postgresql:
+            keys = f"SELECT jsonb_agg(DISTINCT {value}) FROM {elements}"
+            return f"jsonb_array_elements_text(({keys})) AS {alias}(value)"
+        keys = f"SELECT json_group_array(DISTINCT {value}) FROM {elements}"
+        return f"json_each(({keys})) AS {alias}"
+
+    def listed(self, value: str) -> str:
+        """The values of a group as one list (an array on PostgreSQL, read as a list); on
+        SQLite, whose text of a double is not exact, the values one row each."""
+        return f"array_agg({value})" if self.postgresql else value
+
+    def listed_by(self, columns: str) -> str:
+        """The grouping `listed` needs."""
+        return f"GROUP BY {columns}" if self.postgresql else ""
+
+    def timestamp(self, text: str) -> str:
+        """An ISO 8601 time from a payload as a stored time (NULL when missing or empty)."""
+        if self.postgresql:
+            return f"CAST(nullif({text}, '') AS timestamptz)"
+        return f"flux_timestamp({text})"  # see _sqlite_functions_register
+
+    def seconds(self, later: str, earlier: str) -> str:
+        """(later - earlier).total_seconds(): the exact difference, rounded once to a double."""
+        if self.postgresql:
+            return f"CAST(extract(epoch FROM {later}) - extract(epoch FROM {earlier}) AS float8)"
+        # Django's own SQLite function: the difference in whole microseconds, exactly.
+        return f"(django_timestamp_diff({later}, {earlier}) / 1000000.0)"
+
+    def at_least_zero(self, seconds: str) -> str:
+        """max(0.0, seconds)."""
+        return f"greatest(0, {seconds})" if self.postgresql else f"max(0.0, {seconds})"
+
+    def day(self, moment: str) -> str:
+        """The UTC date of a stored time."""
+        if self.postgresql:
+            return f"CAST(({moment} AT TIME ZONE 'UTC') AS date)"
+        return f"date({moment})"
+
+    def midnight(self, day: str, *, later: int = 0) -> str:
+        """The stored time at which UTC day `day` (plus `later` days) begins."""
+        if self.postgresql:
+            return f"(CAST({day} + {later} AS timestamp) AT TIME ZONE 'UTC')"
+        return f"datetime({day}, '+{later} day')"
 
 
-@dataclass
-class _Batch:
-    """Everything one batch of events asks of the projections, gathered before any write."""
+def _earliest(a: str, b: str) -> str:
+    """The earlier of two times, ignoring a NULL (PostgreSQL's least; SQLite's min() would
+    give NULL)."""
+    return f"CASE WHEN {b} IS NULL OR {a} <= {b} THEN coalesce({a}, {b}) ELSE {b} END"
 
-    flows: dict[int, _FlowNote] = field(default_factory=dict)
-    moments: dict[tuple[int, int, str], tuple[datetime.datetime, datetime.datetime]] = field(
-        default_factory=dict
-    )  # (event, card, kind) -> (at, known_at)
-    deployments: dict[int, Deployment] = field(default_factory=dict)  # by event id
-    rework: dict[int, Rework] = field(default_factory=dict)  # by event id
-    # (deployment event id, its occurred_at, card ids, first commit) per delivering deployment
-    deliveries: list[tuple[int, datetime.datetime, list[int], datetime.datetime | None]] = field(
-        default_factory=list
+
+def _in(name: str, values: Sequence[str]) -> tuple[str, dict[str, str]]:
+    """An IN list of bound parameters, and their values."""
+    params = {f"{name}_{i}": value for i, value in enumerate(values)}
+    return "(" + ", ".join(f"%({key})s" for key in params) + ")", params
+
+
+_DELIVERED_TO, _DELIVERED_TO_PARAMS = _in("delivered_to", DELIVERED_TO)
+
+# The names the rules use, bound as parameters: the event kinds, stages, kinds of deployment
+# and moment, statuses and environments.
+_PARAMS = {
+    "created": EventKind.CARD_CREATED.value,
+    "moved": EventKind.CARD_MOVED.value,
+    "recorded": EventKind.DEPLOYMENT_RECORDED.value,
+    "in_progress": Stage.IN_PROGRESS.value,
+    "deployed": Stage.DEPLOYED.value,
+    "ci": DeploymentKind.CI.value,
+    "manual": DeploymentKind.MANUAL.value,
+    "start": CardMoment.START,
+    "commit": CardMoment.COMMIT,
+    "success": SUCCESS,
+    "failed": FAILED,
+    "production": PRODUCTION,
+    **_DELIVERED_TO_PARAMS,
+}
+_TIMES = ("card_ref", "created_at", "started_at", "first_commit_at", "lead_time", "cycle_time",
+          "card_lead_time")  # fmt: skip
+_FLOW = ("created_at", "started_at", "first_commit_at")
+_DAY = ("deployments", "failed_deployments", "cards_deployed", "lead_time_p50", "lead_time_p85",
+        "cycle_time_p50", "cycle_time_p85", "rework")  # fmt: skip
+
+
+class _Statements(NamedTuple):
+    """The definition's statements for one database and scope, in the order they run."""
+
+    gather: tuple[str, ...]  # from the scope's events
+    touched_cards: str  # (incremental) the cards whose flows and deliveries are recomputed
+    derive: tuple[str, ...]  # from the touched cards' rows
+    touched_days: str  # (incremental) the days recomputed
+
+
+@functools.cache
+def _statements(sql: _Sql) -> _Statements:
+    """The statements that bring every projection but the daily rollups up to the log, for
+    the scope; each reads the log (or the rows written before it) once."""
+    # What the rules read of an event's payload.
+    from_stage, to_stage = (
+        sql.text("e.payload", "from", "stage"),
+        sql.text("e.payload", "to", "stage"),
     )
-    cards: set[int] = field(default_factory=set)
-    days: set[tuple[int, datetime.date]] = field(default_factory=set)
+    created_stage = sql.text("e.payload", "card", "stage")
 
-    def note(self, card_id: int, board_id: int, **earliest: datetime.datetime | None) -> None:
-        flow = self.flows.setdefault(card_id, _FlowNote(board_id=board_id))
-        for name, at in earliest.items():
-            if at is not None and (getattr(flow, name) is None or at < getattr(flow, name)):
-                setattr(flow, name, at)
+    def deployment(key: str) -> str:
+        return sql.text("e.payload", "deployment", key)
 
-    def moment(self, event_id, card_id, kind, at, occurred_at) -> None:
-        known_at = max(at, occurred_at) if kind == CardMoment.COMMIT else at
-        self.moments.setdefault((event_id, card_id, kind), (at, known_at))
-
-
-def _apply(events: Iterable[EventRow]) -> None:
-    todo = _Batch()
-    for event in events:
-        match event.kind:
-            case "card.created":
-                _gather_created(event, todo)
-            case "card.moved":
-                _gather_move(event, todo)
-            case "deployment.recorded":
-                _gather_deployment(event, todo)
-    deployments = _write_deployments(todo)
-    for event_id, occurred_at, card_ids, first_commit in todo.deliveries:
-        for card_id in card_ids:
-            if first_commit is not None:
-                todo.note(card_id, deployments[event_id].board_id, first_commit_at=first_commit)
-                todo.moment(event_id, card_id, CardMoment.COMMIT, first_commit, occurred_at)
-            todo.cards.add(card_id)
-    if todo.rework:
-        Rework.objects.bulk_create(todo.rework.values(), ignore_conflicts=True)
-    if todo.moments:
-        CardMoment.objects.bulk_create(
-            [
-                CardMoment(event_id=event_id, card_id=card_id, kind=kind, at=at, known_at=known)
-                for (event_id, card_id, kind), (at, known) in todo.moments.items()
-            ],
-            ignore_conflicts=True,
-        )
-    delivered = {
-        (deployments[event_id].pk, card_id): deployments[event_id]
-        for event_id, _, card_ids, _ in todo.deliveries
-        for card_id in card_ids
-    }
-    known = {
-        pk: (created_at, f"{key}-{number}")
-        for pk, created_at, key, number in Card.objects.filter(pk__in=todo.cards).values_list(
-            "pk", "created_at", "board__key", "number"
-        )
-    }
-    created = _write_flows(todo, delivered, known)
-    _write_card_times(todo, delivered, known, created)
-    _refresh_days(todo.days)
-
-
-def _gather_created(event: EventRow, todo: _Batch) -> None:
-    at = event.occurred_at
-    started = at if event.created_stage == IN_PROGRESS else None
-    todo.note(event.card_id, event.board_id, created_at=at, started_at=started)
-    if started:
-        todo.moment(event.pk, event.card_id, CardMoment.START, at, at)
-    todo.cards.add(event.card_id)
-
-
-def _gather_move(event: EventRow, todo: _Batch) -> None:
-    before, after, at = event.from_stage, event.to_stage, event.occurred_at
-    todo.note(event.card_id, event.board_id, started_at=at if after == IN_PROGRESS else None)
-    if after == IN_PROGRESS:
-        todo.moment(event.pk, event.card_id, CardMoment.START, at, at)
-    todo.cards.add(event.card_id)
-    if before == DEPLOYED and after != DEPLOYED:
-        todo.rework[event.pk] = Rework(
-            event_id=event.pk, board_id=event.board_id, card_id=event.card_id, occurred_at=at
-        )
-        todo.days.add((event.board_id, at.astimezone(UTC).date()))
-    if after == DEPLOYED and before != DEPLOYED and not event.by_deployment:
-        todo.deployments[event.pk] = Deployment(
-            event_id=event.pk,
-            board_id=event.board_id,
-            kind=DeploymentKind.MANUAL,
-            environment="production",
-            status="success",
-            deployed_at=at,
-            source=event.source,
-            actor_name=event.actor_name,
-        )
-        todo.deliveries.append((event.pk, at, [event.card_id], None))
-
-
-def _gather_deployment(event: EventRow, todo: _Batch) -> None:
-    data = event.deployment_data
-    finished = data.get("finished_at")
-    deployed_at = datetime.datetime.fromisoformat(finished) if finished else event.occurred_at
-    commits = [c["timestamp"] for c in data.get("commits", []) if c.get("timestamp")]
-    first_commit = min(map(datetime.datetime.fromisoformat, commits)) if commits else None
-    todo.deployments[event.pk] = Deployment(
-        event_id=event.pk,
-        board_id=event.board_id,
-        kind=DeploymentKind.CI,
-        version=data["version"],
-        environment=data["environment"],
-        status=data["status"],
-        deployed_at=deployed_at,
-        url=data.get("url") or "",
-        commit_shas=[c["sha"] for c in data.get("commits", [])],
-        source=event.source,
-        actor_name=event.actor_name,
+    # A delivery: a deployment that succeeded in an environment that delivers.
+    delivers = f"d.status = %(success)s AND d.environment IN {_DELIVERED_TO}"
+    # Where a delivery's lead time starts: the first commit, else the start, else creation.
+    start_of_change = "coalesce(m.first_commit_at, m.started_at, f.created_at)"
+    # A stored flow only ever moves earlier; a stored delivery takes its recomputed times.
+    # Either is written only when that changes it.
+    flow_upsert = (
+        "ON CONFLICT (card_id) DO UPDATE SET "
+        + ", ".join(f"{c} = {_earliest(f'f.{c}', f'excluded.{c}')}" for c in _FLOW)
+        + " WHERE "
+        + " OR ".join(sql.differs(_earliest(f"f.{c}", f"excluded.{c}"), f"f.{c}") for c in _FLOW)
     )
-    card_ids = [card["id"] for card in data.get("cards", [])]
-    if data["status"] == "success" and data["environment"] in DELIVERED_TO:
-        todo.deliveries.append((event.pk, event.occurred_at, card_ids, first_commit))
-    elif first_commit is not None:
-        for card_id in card_ids:
-            todo.note(card_id, event.board_id, first_commit_at=first_commit)
-            todo.moment(event.pk, card_id, CardMoment.COMMIT, first_commit, event.occurred_at)
-            todo.cards.add(card_id)
-
-
-def _write_deployments(todo: _Batch) -> dict[int, Deployment]:
-    """Insert the batch's deployments (a rerun keeps the rows it finds); by event id, as stored."""
-    if not todo.deployments:
-        return {}
-    Deployment.objects.bulk_create(todo.deployments.values(), ignore_conflicts=True)
-    stored = {
-        deployment.event_id: deployment
-        for deployment in Deployment.objects.filter(event_id__in=todo.deployments).only(
-            "pk", "event_id", "board_id", "deployed_at"
-        )
-    }
-    for deployment in stored.values():
-        todo.days.add((deployment.board_id, deployment.deployed_at.astimezone(UTC).date()))
-    return stored
-
-
-def _write_flows(todo: _Batch, delivered: dict, known: dict) -> dict[int, datetime.datetime]:
-    """Lower each touched card's flow to what the batch adds; the cards' creation times."""
-    for (_, card_id), deployment in delivered.items():
-        todo.flows.setdefault(card_id, _FlowNote(board_id=deployment.board_id))
-    stored = {flow.card_id: flow for flow in CardFlow.objects.filter(card_id__in=todo.flows)}
-    changed: list[CardFlow] = []
-    for card_id, note in todo.flows.items():
-        flow = stored.get(card_id)
-        if flow is None:
-            flow = CardFlow(card_id=card_id, board_id=note.board_id, created_at=known[card_id][0])
-            stored[card_id] = flow
-            dirty = True
-        else:
-            dirty = False
-        for name in ("created_at", "started_at", "first_commit_at"):
-            at = getattr(note, name)
-            if at is not None and (getattr(flow, name) is None or at < getattr(flow, name)):
-                setattr(flow, name, at)
-                dirty = True
-        if dirty:
-            changed.append(flow)
-    if changed:
-        CardFlow.objects.bulk_create(
-            changed,
-            update_conflicts=True,
-            unique_fields=["card"],
-            update_fields=["created_at", "started_at", "first_commit_at"],
-        )
-    return {card_id: flow.created_at for card_id, flow in stored.items()}
-
-
-Moment = tuple[str, datetime.datetime, datetime.datetime]
-TIMES = (
-    "card_ref",
-    "created_at",
-    "started_at",
-    "first_commit_at",
-    "deployed_at",
-    "lead_time",
-    "cycle_time",
-    "card_lead_time",
-)
-
-
-def _write_card_times(todo: _Batch, delivered: dict, known: dict, created: dict) -> None:
-    """Every delivery of the touched cards, new or old, with its times recomputed from the
-    moments known at its deployment; writes only the rows whose times change."""
-    moments: dict[int, list[Moment]] = defaultdict(list)
-    rows = CardMoment.objects.filter(card_id__in=todo.cards).values_list(
-        "card_id", "kind", "at", "known_at"
+    times_upsert = (
+        "ON CONFLICT (deployment_id, card_id) DO UPDATE SET "
+        + ", ".join(f"{c} = excluded.{c}" for c in _TIMES)
+        + " WHERE "
+        + " OR ".join(sql.differs(f"dc.{c}", f"excluded.{c}") for c in _TIMES)
     )
-    for card_id, kind, at, known_at in rows:
-        moments[card_id].append((kind, at, known_at))
-    stored = DeploymentCard.objects.filter(card_id__in=todo.cards).values_list(
-        "deployment_id", "card_id", "deployment__board_id", *TIMES
-    )
-    current = {(deployment_id, card_id): (board_id, tuple(times))
-               for deployment_id, card_id, board_id, *times in stored}  # fmt: skip
-    for (deployment_id, card_id), deployment in delivered.items():
-        unknown = tuple(deployment.deployed_at if name == "deployed_at" else None for name in TIMES)
-        current.setdefault((deployment_id, card_id), (deployment.board_id, unknown))
-    changed: list[DeploymentCard] = []
-    for (deployment_id, card_id), (board_id, times) in current.items():
-        deployed_at = times[TIMES.index("deployed_at")]
-        fresh = _card_times(deployed_at, moments[card_id], created[card_id], ref=known[card_id][1])
-        if fresh != times:
-            changed.append(
-                DeploymentCard(
-                    deployment_id=deployment_id,
-                    card_id=card_id,
-                    **dict(zip(TIMES, fresh, strict=True)),
-                )
-            )
-        todo.days.add((board_id, deployed_at.astimezone(UTC).date()))
-    if changed:
-        DeploymentCard.objects.bulk_create(
-            changed,
-            update_conflicts=True,
-            unique_fields=["deployment", "card"],
-            update_fields=[name for name in TIMES if name != "deployed_at"],
-        )
-
-
-def _card_times(
-    deployed_at: datetime.datetime,
-    moments: list[Moment],
-    created_at: datetime.datetime,
-    *,
-    ref: str,
-) -> tuple:
-    """A delivery's times (in TIMES order) from what was known by then: the card's first
-    entry into In Progress, and the earliest commit a deployment at or before `deployed_at`
-    named for it."""
-    earlier = [(kind, at) for kind, at, known in moments if known <= deployed_at]
-    started = min((at for kind, at in earlier if kind == CardMoment.START), default=None)
-    committed = min((at for kind, at in earlier if kind == CardMoment.COMMIT), default=None)
-    start_of_change = committed or started or created_at
-    return (
-        ref,
-        created_at,
-        started,
-        committed,
-        deployed_at,
-        max(0.0, (deployed_at - start_of_change).total_seconds()),
-        (deployed_at - started).total_seconds() if started else None,
-        max(0.0, (deployed_at - created_at).total_seconds()),
-    )
-
-
-def _refresh_days(days: set[tuple[int, datetime.date]]) -> None:
-    """Recompute each touched (service, UTC day) from the projection rows."""
-    ordered = sorted(days)
-    for start in range(0, len(ordered), DAYS_PER_QUERY):
-        _refresh_some_days(ordered[start : start + DAYS_PER_QUERY])
-
-
-def _day_ranges(days: list[tuple[int, datetime.date]], board: str, moment: str) -> Q:
-    ranges = Q()
-    for board_id, day in days:
-        start = datetime.datetime.combine(day, datetime.time.min, tzinfo=UTC)
-        ranges |= Q(
-            **{board: board_id, f"{moment}__gte": start,
-               f"{moment}__lt": start + datetime.timedelta(days=1)}
-        )  # fmt: skip
-    return ranges
-
-
-def _refresh_some_days(days: list[tuple[int, datetime.date]]) -> None:
-    wanted = set(days)
-    deployments = {key: [0, 0] for key in wanted}  # (deployments, failed)
-    leads: dict = defaultdict(list)
-    cycles: dict = defaultdict(list)
-    rework = dict.fromkeys(wanted, 0)
-    production = Deployment.objects.filter(environment="production")
-    for board_id, deployed_at, status in production.filter(
-        _day_ranges(days, "board_id", "deployed_at")
-    ).values_list("board_id", "deployed_at", "status"):
-        counts = deployments[(board_id, deployed_at.astimezone(UTC).date())]
-        counts[0] += 1
-        counts[1] += status == "failed"
-    delivered = DeploymentCard.objects.filter(
-        _day_ranges(days, "deployment__board_id", "deployment__deployed_at"),
-        deployment__environment="production",
-    ).values_list("deployment__board_id", "deployment__deployed_at", "lead_time", "cycle_time")
-    for board_id, deployed_at, lead, cycle in delivered:
-        key = (board_id, deployed_at.astimezone(UTC).date())
-        leads[key].append(lead)
-        if cycle is not None:
-            cycles[key].append(cycle)
-    for board_id, occurred_at in Rework.objects.filter(
-        _day_ranges(days, "board_id", "occurred_at")
-    ).values_list("board_id", "occurred_at"):
-        rework[(board_id, occurred_at.astimezone(UTC).date())] += 1
-    stored = {
-        (rollup.board_id, rollup.day): rollup
-        for rollup in DailyRollup.objects.filter(
-            board_id__in={board_id for board_id, _ in days}, day__in={day for _, day in days}
-        )
-    }
-    fields = [
-        "deployments",
-        "failed_deployments",
-        "cards_deployed",
-        "lead_time_p50",
-        "lead_time_p85",
-        "cycle_time_p50",
-        "cycle_time_p85",
-        "rework",
+    gather = [
+        # Deployments: every CI-recorded one, and every move into Deployed from another
+        # stage that no deployment made (a manual delivery).
+        f"""
+        INSERT INTO activity_deployment (event_id, board_id, kind, version, environment,
+                                         status, deployed_at, url, commit_shas, source,
+                                         actor_name)
+        SELECT * FROM (
+            SELECT e.id, e.board_id, %(ci)s, {deployment("version")},
+                   {deployment("environment")}, {deployment("status")},
+                   coalesce({sql.timestamp(deployment("finished_at"))}, e.occurred_at),
+                   coalesce({deployment("url")}, ''),
+                   {sql.values_of(sql.json("e.payload", "deployment", "commits"), "sha")},
+                   e.source, e.actor_name
+              FROM activity_event e
+             WHERE e.kind = %(recorded)s AND {sql.events("e.id")}
+            UNION ALL
+            SELECT e.id, e.board_id, %(manual)s, '', %(production)s, %(success)s, e.occurred_at,
+                   '', '[]', e.source, e.actor_name
+              FROM activity_event e
+             WHERE e.kind = %(moved)s AND {sql.events("e.id")}
+               AND {to_stage} = %(deployed)s
+               AND {sql.differs(from_stage, "%(deployed)s")}
+               AND {sql.lacks("e.payload", "deployment_id")}
+        ) deployments WHERE true  -- SQLite's parser wants a WHERE before ON CONFLICT
+         ORDER BY 1
+        {sql.upsert("ON CONFLICT (event_id) DO NOTHING")}""",
+        # Rework: a card leaving Deployed for an earlier stage.
+        f"""
+        INSERT INTO activity_rework (event_id, board_id, card_id, occurred_at)
+        SELECT e.id, e.board_id, e.card_id, e.occurred_at
+          FROM activity_event e
+         WHERE e.kind = %(moved)s AND {sql.events("e.id")}
+           AND {from_stage} = %(deployed)s
+           AND {sql.differs(to_stage, "%(deployed)s")}
+         ORDER BY e.id
+        {sql.upsert("ON CONFLICT (event_id) DO NOTHING")}""",
+        # The cards each of the scope's deployments names (once each), whether it delivers
+        # them, and its earliest commit; a manual delivery names the moved card.
+        f"""
+        CREATE TEMPORARY TABLE rollups_named AS
+        WITH recorded AS MATERIALIZED (
+            SELECT d.id AS deployment_id, d.event_id, e.occurred_at, d.deployed_at,
+                   {delivers} AS delivers,
+                   (SELECT min({sql.timestamp(sql.text("x.value", "timestamp"))})
+                      FROM {sql.elements(sql.json("e.payload", "deployment", "commits"), "x")})
+                       AS first_commit,
+                   {sql.json("e.payload", "deployment", "cards")} AS cards
+              FROM activity_deployment d
+              JOIN activity_event e ON e.id = d.event_id
+             WHERE d.kind = %(ci)s AND {sql.events("d.event_id")})
+        SELECT r.deployment_id, r.event_id, r.occurred_at, r.deployed_at, r.delivers,
+               r.first_commit, CAST(n.value AS bigint) AS card_id
+          FROM recorded r, {sql.distinct_keys("r.cards", "id", "n")}
+        UNION ALL
+        SELECT d.id, d.event_id, d.deployed_at, d.deployed_at, {delivers}, NULL, e.card_id
+          FROM activity_deployment d
+          JOIN activity_event e ON e.id = d.event_id
+         WHERE d.kind = %(manual)s AND {sql.events("d.event_id")}""",
+        *sql.analyse("rollups_named"),
+        # Card moments: entries into In Progress (a card created there, or moved there), and
+        # the earliest commit of a deployment naming the card, known from that deployment on.
+        f"""
+        INSERT INTO activity_cardmoment (event_id, card_id, kind, at, known_at)
+        SELECT * FROM (
+            SELECT e.id AS event_id, e.card_id, %(start)s, e.occurred_at, e.occurred_at
+              FROM activity_event e
+             WHERE ((e.kind = %(created)s AND {created_stage} = %(in_progress)s)
+                 OR (e.kind = %(moved)s AND {to_stage} = %(in_progress)s))
+               AND {sql.events("e.id")}
+            UNION ALL
+            SELECT event_id, card_id, %(commit)s, first_commit,
+                   CASE WHEN first_commit >= occurred_at THEN first_commit ELSE occurred_at END
+              FROM rollups_named
+             WHERE first_commit IS NOT NULL
+        ) moments WHERE true  -- SQLite's parser wants a WHERE before ON CONFLICT
+         ORDER BY 2, 1
+        {sql.upsert("ON CONFLICT DO NOTHING")}""",
     ]
-    changed, emptied = [], []
-    for key in days:
-        day_leads, day_cycles = sorted(leads[key]), sorted(cycles[key])
-        values = {
-            "deployments": deployments[key][0],
-            "failed_deployments": deployments[key][1],
-            "cards_deployed": len(day_leads),
-            "lead_time_p50": percentile(day_leads, 50),
-            "lead_time_p85": percentile(day_leads, 85),
-            "cycle_time_p50": percentile(day_cycles, 50),
-            "cycle_time_p85": percentile(day_cycles, 85),
-            "rework": rework[key],
-        }
-        rollup = stored.get(key)
-        if not any(values[k] for k in ("deployments", "cards_deployed", "rework")):
-            if rollup is not None:
-                emptied.append(rollup.pk)
-        elif rollup is None or any(getattr(rollup, k) != v for k, v in values.items()):
-            changed.append(DailyRollup(board_id=key[0], day=key[1], **values))
-    if changed:
-        DailyRollup.objects.bulk_create(
-            changed, update_conflicts=True, unique_fields=["board", "day"], update_fields=fields
+    # The cards the scope touched: their flows and deliveries are recomputed.
+    touched_cards = f"""
+        SELECT e.card_id FROM activity_event e
+         WHERE e.kind IN (%(created)s, %(moved)s) AND {sql.events("e.id")}
+        UNION
+        SELECT card_id FROM rollups_named"""
+    derive = [
+        # Card flows: a card's earliest creation (its row's, unless its card.created event
+        # says earlier), start and commit; every card an event touched or a deployment
+        # delivered has one.
+        f"""
+        INSERT INTO activity_cardflow AS f (card_id, board_id, created_at, started_at,
+                                            first_commit_at)
+        SELECT c.id, c.board_id, {_earliest("c.created_at", "t.created_at")}, t.started_at,
+               t.first_commit_at
+          FROM (SELECT card_id, min(created_at) AS created_at, min(started_at) AS started_at,
+                       min(first_commit_at) AS first_commit_at
+                  FROM (SELECT e.card_id,
+                               CASE WHEN e.kind = %(created)s THEN e.occurred_at END
+                                   AS created_at,
+                               NULL AS started_at, NULL AS first_commit_at
+                          FROM activity_event e
+                         WHERE e.kind IN (%(created)s, %(moved)s) AND {sql.events("e.id")}
+                        UNION ALL
+                        SELECT m.card_id, NULL, CASE WHEN m.kind = %(start)s THEN m.at END,
+                               CASE WHEN m.kind = %(commit)s THEN m.at END
+                          FROM activity_cardmoment m
+                         WHERE {sql.events("m.event_id")}
+                        UNION ALL
+                        SELECT card_id, NULL, NULL, NULL FROM rollups_named WHERE delivers
+                       ) notes
+                 GROUP BY card_id) t
+          JOIN boards_card c ON c.id = t.card_id
+         WHERE {sql.cards("c.id")}  -- implied, and lets the planner use the index
+         ORDER BY c.id
+        {sql.upsert(flow_upsert)}""",
+        # Deliveries, every one of the touched cards', each timed from the moments known at
+        # or before its deployment: per card, its moments (at the time they became known)
+        # and deliveries in time order, a moment before a delivery at the same instant, each
+        # delivery taking the running minimum. Lead time runs from the first commit (else
+        # the start, else the creation), card lead time from the creation, neither below
+        # zero; cycle time from the start (none without one).
+        f"""
+        INSERT INTO activity_deploymentcard AS dc (deployment_id, card_id, card_ref, created_at,
+                                                   started_at, first_commit_at, deployed_at,
+                                                   lead_time, cycle_time, card_lead_time)
+        SELECT m.deployment_id, m.card_id, b.key || '-' || c.number, f.created_at,
+               m.started_at, m.first_commit_at, m.deployed_at,
+               {sql.at_least_zero(sql.seconds("m.deployed_at", start_of_change))},
+               {sql.seconds("m.deployed_at", "m.started_at")},
+               {sql.at_least_zero(sql.seconds("m.deployed_at", "f.created_at"))}
+          FROM (SELECT deployment_id, card_id, moment AS deployed_at,
+                       min(start_at) OVER running AS started_at,
+                       min(commit_at) OVER running AS first_commit_at
+                  FROM (SELECT NULL AS deployment_id, card_id, known_at AS moment, 0 AS ord,
+                               CASE WHEN kind = %(start)s THEN at END AS start_at,
+                               CASE WHEN kind = %(commit)s THEN at END AS commit_at
+                          FROM activity_cardmoment
+                         WHERE {sql.cards("card_id")}
+                        UNION ALL
+                        SELECT deployment_id, card_id, deployed_at, 1, NULL, NULL
+                          FROM rollups_named
+                         WHERE delivers
+                        UNION ALL
+                        SELECT o.deployment_id, o.card_id, o.deployed_at, 1, NULL, NULL
+                          FROM activity_deploymentcard o
+                         WHERE {sql.cards("o.card_id")}
+                           AND NOT EXISTS (SELECT 1 FROM rollups_named n
+                                            WHERE n.deployment_id = o.deployment_id
+                                              AND n.card_id = o.card_id AND n.delivers)
+                       ) timeline
+                WINDOW running AS (PARTITION BY card_id ORDER BY moment, ord
+                                   ROWS UNBOUNDED PRECEDING)) m
+          JOIN activity_cardflow f ON f.card_id = m.card_id
+               AND {sql.cards("f.card_id")}  -- implied, and lets the planner use the index
+          JOIN boards_card c ON c.id = m.card_id
+          JOIN boards_board b ON b.id = c.board_id
+         WHERE m.deployment_id IS NOT NULL
+         ORDER BY m.deployment_id, m.card_id
+        {sql.upsert(times_upsert)}""",
+    ]
+    # The (service, UTC day)s the scope touched: its deployments' and rework's, and those of
+    # every delivery of a touched card (whose times may have changed).
+    touched_days = f"""
+        SELECT d.board_id, {sql.day("d.deployed_at")}
+          FROM activity_deployment d WHERE {sql.events("d.event_id")}
+        UNION
+        SELECT r.board_id, {sql.day("r.occurred_at")}
+          FROM activity_rework r WHERE {sql.events("r.event_id")}
+        UNION
+        SELECT d.board_id, {sql.day("d.deployed_at")}
+          FROM activity_deploymentcard o
+          JOIN activity_deployment d ON d.id = o.deployment_id
+         WHERE {sql.cards("o.card_id")}"""
+    return _Statements(tuple(gather), touched_cards, tuple(derive), touched_days)
+
+
+def _projections_apply(*, events: Sequence[int] | None) -> None:
+    """Bring every projection row the given events bear on (None: every event, into empty
+    tables) to what the log says; applying the same events again changes nothing."""
+    sql = _Sql(postgresql=connection.vendor == "postgresql", whole=events is None)
+    statements = _statements(sql)
+    params: dict[str, Any] = dict(_PARAMS)
+    if events is not None:
+        params["events"] = sql.ids(events)
+    with connection.cursor() as cursor:
+        if not sql.postgresql:
+            _sqlite_functions_register()
+        for statement in statements.gather:
+            cursor.execute(statement, params)
+        if not sql.whole:
+            cursor.execute(statements.touched_cards, params)
+            params["cards"] = sql.ids([card for (card,) in cursor.fetchall()])
+        for statement in statements.derive:
+            cursor.execute(statement, params)
+        if not sql.whole:
+            cursor.execute(statements.touched_days, params)
+            params.update(sql.days_bound(cursor.fetchall()))
+        _days_refresh(sql=sql, params=params)
+        cursor.execute("DROP TABLE rollups_named")
+
+
+def _sqlite_functions_register() -> None:
+    """Teach this SQLite connection `flux_timestamp`, _Sql.timestamp's spelling there."""
+    connection.ensure_connection()
+    connection.connection.create_function(
+        "flux_timestamp", 1, _timestamp_stored, deterministic=True
+    )
+
+
+def _timestamp_stored(text: str | None) -> str | None:
+    """An ISO 8601 time from a payload as Django stores times on SQLite: UTC, without an
+    offset, microseconds kept (PostgreSQL's timestamptz cast, in the UTC session Django
+    opens, reads it the same way)."""
+    if not text:
+        return None
+    moment = datetime.datetime.fromisoformat(text)
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(datetime.UTC).replace(tzinfo=None)
+    return str(moment)
+
+
+def _days_refresh(*, sql: _Sql, params: dict[str, Any]) -> None:
+    """Recompute each day the scope touched (every day, in a rebuild) from its projection
+    rows, and write the rows whose numbers change."""
+    stored: dict[tuple[int, datetime.date], tuple] = {}
+    if not sql.whole:
+        with connection.cursor() as cursor:
+            cursor.execute(_stored_days_statement(sql), params)
+            stored = {(board, _date(day)): tuple(rest) for board, day, *rest in cursor}
+    changed: list[tuple] = []
+    # Streamed (a server-side cursor on PostgreSQL), one day at a time.
+    with connection.chunked_cursor() as cursor:
+        cursor.execute(_days_statement(sql), params)
+        for (board_id, day), facts in groupby(_rows_streamed(cursor), key=itemgetter(0, 1)):
+            key = (board_id, _date(day))
+            numbers = _day_numbers(facts)
+            if stored.get(key) != numbers:
+                changed.append((*key, *numbers))
+            if len(changed) >= DAYS_PER_WRITE:
+                _days_write(changed)
+                changed = []
+    _days_write(changed)
+
+
+def _day_numbers(facts: Iterator[tuple]) -> tuple:
+    """One service's day (in _DAY order): its production deployments and how many failed,
+    the cards they delivered with the median and 85th percentile of their lead and cycle
+    times, and its rework."""
+    deployments = failed = rework = 0
+    leads: list[float] = []
+    cycles: list[float] = []
+    for _, _, deployed, failures, reworked, lead_times, cycle_times in facts:
+        deployments += deployed
+        failed += failures
+        rework += reworked
+        leads += _listed(lead_times)
+        cycles += [cycle for cycle in _listed(cycle_times) if cycle is not None]
+    lead, cycle = Spread.of(leads), Spread.of(cycles)
+    return (deployments, failed, lead.count, lead.p50, lead.p85, cycle.p50, cycle.p85, rework)
+
+
+@functools.cache
+def _days_statement(sql: _Sql) -> str:
+    """Each touched day's facts, ordered by service and day: the times of its production
+    deliveries, and its production deployments and its rework counted."""
+    return f"""
+    SELECT board_id, day, deployments, failed, rework, lead_times, cycle_times FROM (
+        SELECT d.board_id, {sql.day("d.deployed_at")} AS day, 0 AS deployments, 0 AS failed,
+               0 AS rework, {sql.listed("o.lead_time")} AS lead_times,
+               {sql.listed("o.cycle_time")} AS cycle_times
+          FROM {sql.days("activity_deployment", "d", "deployed_at")}
+          JOIN activity_deploymentcard o ON o.deployment_id = d.id
+         WHERE d.environment = %(production)s
+         {sql.listed_by("1, 2")}
+        UNION ALL
+        SELECT d.board_id, {sql.day("d.deployed_at")}, count(*),
+               sum(CASE WHEN d.status = %(failed)s THEN 1 ELSE 0 END), 0, NULL, NULL
+          FROM {sql.days("activity_deployment", "d", "deployed_at")}
+         WHERE d.environment = %(production)s
+         GROUP BY 1, 2
+        UNION ALL
+        SELECT r.board_id, {sql.day("r.occurred_at")}, 0, 0, count(*), NULL, NULL
+          FROM {sql.days("activity_rework", "r", "occurred_at")}
+         GROUP BY 1, 2
+    ) facts
+     ORDER BY board_id, day"""
+
+
+@functools.cache
+def _stored_days_statement(sql: _Sql) -> str:
+    """The stored numbers of the days the scope touched (to write only those that change)."""
+    return f"""
+    SELECT r.board_id, r.day, {", ".join(f"r.{name}" for name in _DAY)}
+      FROM {sql.touched_days()}
+      JOIN activity_dailyrollup r ON r.board_id = s.board_id AND r.day = s.day"""
+
+
+_DAYS_WRITE = f"""
+    INSERT INTO activity_dailyrollup (board_id, day, {", ".join(_DAY)})
+    VALUES ({", ".join(["%s"] * (2 + len(_DAY)))})
+    ON CONFLICT (board_id, day) DO UPDATE SET
+           {", ".join(f"{name} = excluded.{name}" for name in _DAY)}"""
+
+
+def _rows_streamed(cursor: CursorWrapper) -> Iterator[tuple]:
+    """The cursor's rows, fetched a chunk at a time."""
+    while rows := cursor.fetchmany(DAYS_PER_WRITE):
+        yield from rows
+
+
+def _listed(values: list | float | None) -> list:
+    """A `_Sql.listed` value as a list."""
+    if isinstance(values, list):
+        return values
+    return [] if values is None else [values]
+
+
+def _date(value: datetime.date | str) -> datetime.date:
+    """A date as read by raw SQL (SQLite gives its text)."""
+    return value if isinstance(value, datetime.date) else datetime.date.fromisoformat(value)
+
+
+def _days_write(rows: list[tuple]) -> None:
+    """Store each (board, day, *numbers). A day's numbers only grow (projection rows are never
+    deleted but by a rebuild), so a touched day is written, never emptied."""
+    if rows:
+        adapt = connection.ops.adapt_datefield_value
+        with connection.cursor() as cursor:
+            cursor.executemany(
+                _DAYS_WRITE, [(board, adapt(day), *rest) for board, day, *rest in rows]
+            )
+
+
+# --- rebuilding ---------------------------------------------------------------------------------
+
+
+def _rebuild_sqlite(*, progress: Progress | None = None) -> int:
+    """Empty the projections and apply the definition to every event, in one transaction;
+    SQLite serialises writers, so the newest event read is the watermark."""
+    with transaction.atomic(), connection.cursor() as cursor:
+        for model in PROJECTIONS:
+            cursor.execute(f"DELETE FROM {connection.ops.quote_name(model._meta.db_table)}")
+        cursor.execute("SELECT coalesce(max(id), 0), count(*) FROM activity_event")
+        newest, events = cursor.fetchone()
+        _projections_apply(events=None)
+        ProjectionCursor.objects.update_or_create(
+            name=CURSOR,
+            defaults={"txid_watermark": 0, "event_watermark": newest, "events_applied": events},
         )
-    if emptied:
-        DailyRollup.objects.filter(pk__in=emptied).delete()
-
-
-# --- rebuilding on PostgreSQL -------------------------------------------------------------------
+    if progress and events:
+        progress(events)
+    return events
 
 
 def _rebuild_postgresql(
-    *, progress: Callable[[int], None] | None = None, unless_cursor_is_ours: bool = False
+    *, progress: Progress | None = None, unless_cursor_is_ours: bool = False
 ) -> int:
     """Rebuild every projection from the log in one transaction, set-wise in SQL.
 
@@ -592,10 +829,6 @@ def _rebuild_postgresql(
     (its transaction was still running) has a transaction id at or above it and is read by
     the next incremental run. Events the snapshot saw above the watermark are read again
     then, which changes nothing: applying an event is idempotent.
-
-    The SQL computes what `_apply` computes, to the bit: lead and cycle times are the exact
-    differences of the epochs (numeric) rounded once to a double, as timedelta.total_seconds()
-    does, and the percentiles follow metrics.percentile step by step in double precision.
     """
     outermost = not connection.in_atomic_block
     with transaction.atomic(), connection.cursor() as cursor:
@@ -622,9 +855,7 @@ def _rebuild_postgresql(
         indexes = cursor.fetchall()
         for name, _ in indexes:
             cursor.execute(f"DROP INDEX {name}")
-        for statement in _REBUILD:
-            params = {"delivered_to": sorted(DELIVERED_TO)} if "%(" in statement else None
-            cursor.execute(statement, params)
+        _projections_apply(events=None)
         for _, definition in indexes:
             cursor.execute(definition)
         cursor.execute("ANALYZE " + ", ".join(map(connection.ops.quote_name, tables)))
@@ -656,177 +887,3 @@ _SECONDARY_INDEXES = """
      WHERE i.indrelid = ANY(%s::regclass[])
        AND NOT EXISTS (SELECT FROM pg_constraint c WHERE c.conindid = i.indexrelid)
      ORDER BY 1"""
-
-
-def _percentile_sql(values: str, q: int) -> str:
-    """metrics.percentile(values, q) of a sorted float8[] in SQL, operation for operation."""
-    position = f"((cardinality({values}) - 1) * {q})::float8 / 100"
-    low, high = f"{values}[floor({position})::int + 1]", f"{values}[ceil({position})::int + 1]"
-    return f"{low} + ({high} - {low}) * ({position} - floor({position}))"
-
-
-def _seconds_sql(later: str, earlier: str) -> str:
-    """(later - earlier).total_seconds(): the exact difference, rounded once to a double."""
-    return f"(extract(epoch FROM {later}) - extract(epoch FROM {earlier}))::float8"
-
-
-# The statements of a rebuild, in order; each reads the log (or the rows written before it)
-# once. The stage tests are _gather_move's and _gather_created's; `IS DISTINCT FROM` is
-# Python's != where a payload lacks the key.
-_REBUILD = [
-    # Deployments: every CI-recorded one, and every manual move into Deployed.
-    """
-    INSERT INTO activity_deployment (event_id, board_id, kind, version, environment, status,
-                                     deployed_at, url, commit_shas, source, actor_name)
-    SELECT e.id, e.board_id, 'ci', d->>'version', d->>'environment', d->>'status',
-           coalesce(nullif(d->>'finished_at', '')::timestamptz, e.occurred_at),
-           coalesce(d->>'url', ''),
-           coalesce((SELECT jsonb_agg(c->'sha' ORDER BY n)
-                       FROM jsonb_array_elements(d->'commits') WITH ORDINALITY AS x(c, n)),
-                    '[]'::jsonb),
-           e.source, e.actor_name
-      FROM activity_event e CROSS JOIN LATERAL (SELECT e.payload->'deployment' AS d) p
-     WHERE e.kind = 'deployment.recorded'
-    UNION ALL
-    SELECT e.id, e.board_id, 'manual', '', 'production', 'success', e.occurred_at, '',
-           '[]'::jsonb, e.source, e.actor_name
-      FROM activity_event e
-     WHERE e.kind = 'card.moved' AND e.payload->'to'->>'stage' = 'deployed'
-       AND (e.payload->'from'->>'stage') IS DISTINCT FROM 'deployed'
-       AND NOT e.payload ? 'deployment_id'
-     ORDER BY 1""",
-    # Rework: a card leaving Deployed for an earlier stage.
-    """
-    INSERT INTO activity_rework (event_id, board_id, card_id, occurred_at)
-    SELECT id, board_id, card_id, occurred_at
-      FROM activity_event
-     WHERE kind = 'card.moved' AND payload->'from'->>'stage' = 'deployed'
-       AND (payload->'to'->>'stage') IS DISTINCT FROM 'deployed'
-     ORDER BY id""",
-    # The cards each deployment names (once each), whether it delivers them, and its
-    # earliest commit.
-    """
-    CREATE TEMPORARY TABLE rollups_named ON COMMIT DROP AS
-    SELECT d.id AS deployment_id, d.event_id, e.occurred_at, d.deployed_at,
-           d.status = 'success' AND d.environment = ANY(%(delivered_to)s) AS delivers,
-           c.first_commit, named.card_id
-      FROM activity_deployment d
-      JOIN activity_event e ON e.id = d.event_id
-     CROSS JOIN LATERAL (
-           SELECT min(nullif(x->>'timestamp', '')::timestamptz) AS first_commit
-             FROM jsonb_array_elements(e.payload->'deployment'->'commits') x) c
-     CROSS JOIN LATERAL (
-           SELECT DISTINCT (x->>'id')::bigint AS card_id
-             FROM jsonb_array_elements(e.payload->'deployment'->'cards') x) named
-     WHERE d.kind = 'ci'
-    UNION ALL
-    SELECT d.id, d.event_id, d.deployed_at, d.deployed_at, true, NULL, e.card_id
-      FROM activity_deployment d
-      JOIN activity_event e ON e.id = d.event_id
-     WHERE d.kind = 'manual'""",
-    "ANALYZE rollups_named",
-    # Card moments: entries into In Progress, and commits as their deployment reported them.
-    """
-    INSERT INTO activity_cardmoment (event_id, card_id, kind, at, known_at)
-    SELECT id, card_id, 'start', occurred_at, occurred_at
-      FROM activity_event
-     WHERE (kind = 'card.created' AND payload->'card'->>'stage' = 'in_progress')
-        OR (kind = 'card.moved' AND payload->'to'->>'stage' = 'in_progress')
-    UNION ALL
-    SELECT event_id, card_id, 'commit', first_commit, greatest(first_commit, occurred_at)
-      FROM rollups_named
-     WHERE first_commit IS NOT NULL
-     ORDER BY 2, 1""",
-    # Card flows: every card an event touched; created at its row's time unless its
-    # card.created event says earlier.
-    """
-    INSERT INTO activity_cardflow (card_id, board_id, created_at, started_at, first_commit_at)
-    SELECT c.id, c.board_id, least(c.created_at, t.created_at), t.started_at,
-           t.first_commit_at
-      FROM (SELECT card_id, min(created_at) AS created_at, min(started_at) AS started_at,
-                   min(first_commit_at) AS first_commit_at
-              FROM (SELECT card_id,
-                           CASE WHEN kind = 'card.created' THEN occurred_at END AS created_at,
-                           NULL::timestamptz AS started_at, NULL::timestamptz AS first_commit_at
-                      FROM activity_event
-                     WHERE kind IN ('card.created', 'card.moved')
-                    UNION ALL
-                    SELECT card_id, NULL, CASE WHEN kind = 'start' THEN at END,
-                           CASE WHEN kind = 'commit' THEN at END
-                      FROM activity_cardmoment
-                    UNION ALL
-                    SELECT card_id, NULL, NULL, NULL FROM rollups_named WHERE delivers) notes
-             GROUP BY card_id) t
-      JOIN boards_card c ON c.id = t.card_id
-     ORDER BY c.id""",
-    # Deliveries, each timed from the moments known at or before its deployment: per card,
-    # its moments (at the time they became known) and deliveries in time order, a moment
-    # before a delivery at the same instant, each delivery taking the running minimum.
-    f"""
-    INSERT INTO activity_deploymentcard (deployment_id, card_id, card_ref, created_at,
-                                         started_at, first_commit_at, deployed_at, lead_time,
-                                         cycle_time, card_lead_time)
-    SELECT m.deployment_id, m.card_id, b.key || '-' || c.number, f.created_at, m.started_at,
-           m.first_commit_at, m.deployed_at,
-           greatest(0, {
-        _seconds_sql("m.deployed_at", "coalesce(m.first_commit_at, m.started_at, f.created_at)")
-    }),
-           {_seconds_sql("m.deployed_at", "m.started_at")},
-           greatest(0, {_seconds_sql("m.deployed_at", "f.created_at")})
-      FROM (SELECT deployment_id, card_id, moment AS deployed_at,
-                   min(start_at) OVER running AS started_at,
-                   min(commit_at) OVER running AS first_commit_at
-              FROM (SELECT NULL::bigint AS deployment_id, card_id, known_at AS moment, 0 AS ord,
-                           CASE WHEN kind = 'start' THEN at END AS start_at,
-                           CASE WHEN kind = 'commit' THEN at END AS commit_at
-                      FROM activity_cardmoment
-                    UNION ALL
-                    SELECT deployment_id, card_id, deployed_at, 1, NULL, NULL
-                      FROM rollups_named
-                     WHERE delivers) timeline
-            WINDOW running AS (PARTITION BY card_id ORDER BY moment, ord
-                               ROWS UNBOUNDED PRECEDING)) m
-      JOIN activity_cardflow f ON f.card_id = m.card_id
-      JOIN boards_card c ON c.id = m.card_id
-      JOIN boards_board b ON b.id = c.board_id
-     WHERE m.deployment_id IS NOT NULL
-     ORDER BY m.deployment_id, m.card_id""",
-    # Daily rollups, each (service, UTC day) with anything in it, in one pass.
-    f"""
-    INSERT INTO activity_dailyrollup (board_id, day, deployments, failed_deployments,
-                                      cards_deployed, lead_time_p50, lead_time_p85,
-                                      cycle_time_p50, cycle_time_p85, rework)
-    WITH deployments AS (
-        SELECT board_id, (deployed_at AT TIME ZONE 'UTC')::date AS day, count(*) AS total,
-               count(*) FILTER (WHERE status = 'failed') AS failed
-          FROM activity_deployment
-         WHERE environment = 'production'
-         GROUP BY 1, 2),
-    delivered AS (
-        SELECT d.board_id, (d.deployed_at AT TIME ZONE 'UTC')::date AS day,
-               array_agg(dc.lead_time ORDER BY dc.lead_time) AS leads,
-               array_agg(dc.cycle_time ORDER BY dc.cycle_time)
-                   FILTER (WHERE dc.cycle_time IS NOT NULL) AS cycles
-          FROM activity_deploymentcard dc
-          JOIN activity_deployment d ON d.id = dc.deployment_id
-         WHERE d.environment = 'production'
-         GROUP BY 1, 2),
-    rework AS (
-        SELECT board_id, (occurred_at AT TIME ZONE 'UTC')::date AS day, count(*) AS total
-          FROM activity_rework
-         GROUP BY 1, 2),
-    days AS (
-        SELECT board_id, day FROM deployments
-        UNION SELECT board_id, day FROM delivered
-        UNION SELECT board_id, day FROM rework)
-    SELECT days.board_id, days.day, coalesce(dp.total, 0), coalesce(dp.failed, 0),
-           coalesce(cardinality(dl.leads), 0),
-           {_percentile_sql("dl.leads", 50)}, {_percentile_sql("dl.leads", 85)},
-           {_percentile_sql("dl.cycles", 50)}, {_percentile_sql("dl.cycles", 85)},
-           coalesce(rw.total, 0)
-      FROM days
-      LEFT JOIN deployments dp USING (board_id, day)
-      LEFT JOIN delivered dl USING (board_id, day)
-      LEFT JOIN rework rw USING (board_id, day)
-     ORDER BY 1, 2""",
-]

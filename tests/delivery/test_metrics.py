@@ -6,6 +6,7 @@ import pytest
 
 from activity import clock
 from activity.log import Actor
+from activity.models import Source
 from boards import services
 from delivery.metrics import DAY, HOUR, Window, delivery_metrics, percentile, tier
 from delivery.models import DailyRollup, Deployment, DeploymentCard
@@ -33,7 +34,7 @@ def history(board, bob):
     C goes back to In Progress at d4 09h (rework).
     """
     actor = as_actor(bob)
-    ci = Actor(user=bob, source="api", name="ci")
+    ci = Actor(user=bob, source=Source.API, name="ci")
 
     def step(moment, call):
         with clock.frozen_at(moment):
@@ -78,7 +79,7 @@ def history(board, bob):
 
 def test_each_card_delivery_carries_its_lead_and_cycle_time(history):
     rows = {
-        row.card_ref: (row.lead_time / HOUR, row.cycle_time / HOUR)
+        row.card_ref: (row.lead_time / HOUR, row.cycle_time and row.cycle_time / HOUR)
         for row in DeploymentCard.objects.filter(deployment__environment="production")
     }
     assert rows == {

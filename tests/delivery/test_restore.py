@@ -25,6 +25,7 @@ from django.conf import settings
 from django.db import connection
 from django.utils import timezone
 
+from activity.events import EventKind
 from activity.models import Event
 from boards import services
 from delivery.models import ProjectionCursor
@@ -116,7 +117,7 @@ def source_url() -> str:
 def burn_transaction_ids(url: str, at_least: int) -> None:
     """Move the source cluster's transaction counter to `at_least` (one id per commit)."""
     with psycopg.connect(url, autocommit=True) as conn:
-        current = conn.execute("SELECT pg_current_xact_id()::text::bigint").fetchone()[0]
+        (current,) = one_row(conn.execute("SELECT pg_current_xact_id()::text::bigint"))
         with conn.pipeline():
             for _ in range(max(0, at_least - current)):
                 conn.execute("SELECT pg_current_xact_id()")
@@ -185,7 +186,13 @@ def projections(url: str) -> dict:
 
 def scalar(url: str, sql: str, params=()):
     with psycopg.connect(url, autocommit=True) as conn:
-        return conn.execute(sql, params).fetchone()[0]
+        return one_row(conn.execute(sql, params))[0]
+
+
+def one_row(cursor: psycopg.Cursor) -> tuple:
+    row = cursor.fetchone()
+    assert row is not None, "the query returns one row"
+    return row
 
 
 def test_a_dump_restored_into_a_fresh_cluster_keeps_every_event_in_the_rollups(
@@ -244,9 +251,10 @@ def test_a_dump_restored_into_a_fresh_cluster_keeps_every_event_in_the_rollups(
             restored,
             """
         SELECT array_agg(id) FROM activity_event
-         WHERE kind = 'deployment.recorded'
-            OR (kind = 'card.moved' AND payload->'to'->>'stage' = 'deployed'
+         WHERE kind = %s
+            OR (kind = %s AND payload->'to'->>'stage' = 'deployed'
                 AND NOT payload ? 'deployment_id')""",
+            [EventKind.DEPLOYMENT_RECORDED, EventKind.CARD_MOVED],
         )
     )
     assert counted == deployment_events

@@ -14,13 +14,15 @@ class Command(BaseCommand):
         parser.add_argument(
             "--rebuild", action="store_true", help="Recompute everything from the whole log."
         )
-        parser.add_argument("--batch", type=int, default=BATCH, help="Events per transaction.")
+        parser.add_argument(
+            "--batch", type=int, default=BATCH, help="Events per transaction (incremental runs)."
+        )
 
     def handle(self, *args, rebuild: bool, batch: int, **options):
         total = Event.objects.count() if rebuild else events_pending()
         with tqdm(total=total, unit="event", desc="rollups", disable=None) as bar:
             if rebuild:
-                applied = rollups_rebuild(progress=bar.update, batch=batch)
+                applied = rollups_rebuild(progress=bar.update)
             else:
                 applied = rollups_advance(progress=bar.update, batch=batch)
         self.stdout.write(f"Applied {applied} events.")
