@@ -36,7 +36,17 @@ class Event(models.Model):
     actor = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
     )
-    actor_name = models.CharField(max_length=150, help_text="The user's name or an API token's.")
+    actor_name = models.CharField(
+        max_length=150,
+        help_text="The person's username (before `via` existed: maybe a token's name).",
+    )
+    via = models.CharField(
+        max_length=150,
+        blank=True,
+        default="",
+        db_default="",
+        help_text="The API token or integration that acted for the person, if any.",
+    )
     source = models.CharField(max_length=10, choices=Source.choices)
     board = models.ForeignKey("boards.Board", on_delete=models.PROTECT, related_name="events")
     card = models.ForeignKey(
