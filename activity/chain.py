@@ -18,13 +18,21 @@ event no longer reaches; a forged INSERT lacks a seq (or duplicates one). Whoeve
 board's whole chain from the edit onwards, head row included, is not caught by the database
 alone: publish or copy the heads (`verify_activity` prints them) to anchor them elsewhere.
 
-Events written before the chain existed have no seq: the chain starts at the first hashed
-event, and an unhashed event after it is reported as forged.
+The database takes an event only as its board's newest link (activity.dbtriggers: its seq
+and hash must be the board's `ChainHead`, which `chain_append` moves on just before the
+insert), so a row without a seq cannot be inserted at all while the triggers stand.
+
+Events written before the chain existed have no seq. Migration 0010 sealed them
+(`LegacySeal`: per board their count, their ids and `legacy_digest` of their content); a
+seq-less event that is not a sealed one is reported as foreign and is not the board's
+history (replay skips it), and a board without a seal has no legacy events at all.
 """
 
+import bisect
 import datetime
 import hashlib
 import json
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -84,9 +92,12 @@ def content_of(
     source: str,
     payload: Any,
     request_id: str,
+    via: str = "",
 ) -> bytes:
     """sha256 of an event's canonical JSON (its id and txid are not known before insert and
-    are not covered; its place in the chain is)."""
+    are not covered; its place in the chain is). `via` (the token that acted for the person)
+    is in the document only when there is one, so events without it, those written before
+    it existed included, hash exactly as they always have."""
     document = {
         "v": CONTENT_VERSION,
         "board": board_id,
@@ -99,6 +110,8 @@ def content_of(
         "payload": payload,
         "request_id": request_id,
     }
+    if via:
+        document["via"] = via
     text = json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(text.encode()).digest()
 
@@ -114,6 +127,7 @@ def event_content(event: "Event") -> bytes:
         source=event.source,
         payload=canonical_payload(event.payload),
         request_id=event.request_id,
+        via=event.via,
     )
 
 
@@ -124,18 +138,121 @@ def chain_append(event: "Event", *, using: str = "default") -> None:
     only writes inside one), so the seq order of a board's events is its commit order.
     """
     connection = connections[using]
-    content = event_content(event)
     with connection.cursor() as cursor:
-        cursor.execute(_APPEND[connection.vendor], [event.board_id, GENESIS, content, content])
-        seq, head = cursor.fetchone()
-    event.seq, event.hash = seq, bytes(head).hex()
+        event.seq, event.hash = chain_append_raw(
+            cursor, vendor=connection.vendor, board_id=event.board_id, content=event_content(event)
+        )
+
+
+def chain_append_raw(cursor: Any, *, vendor: str, board_id: int, content: bytes) -> tuple[int, str]:
+    """Move a board's head on by an event of this content hash (`event_content`), on any
+    DB-API cursor ("%s" parameters) inside the transaction that then inserts the event with
+    the seq and hash returned: the only way in for an event (activity.dbtriggers)."""
+    cursor.execute(_APPEND[vendor], [board_id, GENESIS, content, content])
+    seq, head = cursor.fetchone()
+    return seq, bytes(head).hex()
+
+
+# --- Legacy events: sealed once --------------------------------------------------------------
+
+# What a legacy event's digest covers. Never change this or legacy_line: seals were computed
+# with them (migration 0010) and are recomputed with them by every verification.
+LEGACY_FIELDS = (
+    "id", "board_id", "card_id", "kind", "occurred_at", "actor_id", "actor_name", "source",
+    "payload", "request_id",
+)  # fmt: skip
+
+
+def legacy_line(row: tuple) -> bytes:
+    """One legacy event (a row of LEGACY_FIELDS) as the canonical line its seal digests."""
+    document = dict(zip(LEGACY_FIELDS, row, strict=True))
+    document["occurred_at"] = _utc(document["occurred_at"])
+    document["payload"] = canonical_payload(document["payload"])
+    text = json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return text.encode() + b"\n"
+
+
+def legacy_digest(rows: Iterable[tuple]) -> tuple[int, str, list[list[int]]]:
+    """The seal of a board's legacy events (rows of LEGACY_FIELDS in id order): their count,
+    the sha256 of their lines, and their ids as [first, last] runs."""
+    digest, count = hashlib.sha256(), 0
+    runs: list[list[int]] = []
+    for row in rows:
+        digest.update(legacy_line(row))
+        count += 1
+        if runs and runs[-1][1] == row[0] - 1:
+            runs[-1][1] = row[0]
+        else:
+            runs.append([row[0], row[0]])
+    return count, digest.hexdigest(), runs
+
+
+def _in_runs(event_id: int, runs: list[list[int]]) -> bool:
+    index = bisect.bisect_right(runs, event_id, key=lambda run: run[0]) - 1
+    return index >= 0 and runs[index][0] <= event_id <= runs[index][1]
+
+
+def legacy_ids(*, board_id: int) -> Callable[[int], bool]:
+    """Whether an event id is one of the board's sealed legacy events."""
+    from activity.models import LegacySeal
+
+    runs = LegacySeal.objects.filter(board_id=board_id).values_list("ids", flat=True).first()
+    runs = sorted(runs or [])
+    return lambda event_id: _in_runs(event_id, runs)
+
+
+def legacy_verify(*, board_id: int, batch: int = 5000) -> list["ChainProblem"]:
+    """Every seq-less event of the board that is not a sealed legacy one, each named; a sealed
+    one missing; the seal's digest when a sealed event was edited."""
+    from activity.models import Event, LegacySeal
+
+    problems: list[ChainProblem] = []
+    seal = LegacySeal.objects.filter(board_id=board_id).values_list("count", "digest", "ids")
+    count, digest, runs = seal.first() or (0, "", [])
+    runs = sorted(runs)
+    present: set[int] = set()
+    rows = Event.objects.filter(board_id=board_id, seq__isnull=True).order_by("id")
+
+    def sealed() -> Iterator[tuple]:  # the sealed rows, streamed; the others are problems
+        for row in rows.values_list(*LEGACY_FIELDS).iterator(chunk_size=batch):
+            if row[0] > 0 and _in_runs(row[0], runs):
+                present.add(row[0])
+                yield row
+                continue
+            why = "a sealed legacy event" if runs else "legacy events (the board has none)"
+            problems.append(
+                ChainProblem(
+                    board_id, row[0], None,
+                    f"not in the chain and not {why}: written behind the application's back",
+                )
+            )  # fmt: skip
+
+    now_count, now_digest, now_runs = legacy_digest(sealed())
+    if not runs:
+        return problems
+    for first, last in runs:
+        for event_id in range(first, last + 1):
+            if event_id not in present:
+                problems.append(
+                    ChainProblem(board_id, event_id, None, "a sealed legacy event is missing")
+                )
+    if (now_count, now_digest) != (count, digest) and now_runs == runs:
+        problems.append(
+            ChainProblem(
+                board_id, None, None,
+                f"the {count} sealed legacy events no longer match their seal's digest: "
+                "one of them was edited",
+                what="the legacy seal",
+            )
+        )  # fmt: skip
+    return problems
 
 
 # --- Verification ------------------------------------------------------------------------------
 
 VERIFY_FIELDS = (
     "id", "seq", "hash", "board_id", "card_id", "kind", "occurred_at", "actor_id",
-    "actor_name", "source", "payload", "request_id",
+    "actor_name", "source", "payload", "request_id", "via",
 )  # fmt: skip
 
 
@@ -145,9 +262,10 @@ class ChainProblem:
     event_id: int | None
     seq: int | None
     message: str
+    what: str = "the chain head"  # what the problem is about when it names no event
 
     def __str__(self) -> str:
-        where = f"event #{self.event_id}" if self.event_id is not None else "the chain head"
+        where = f"event #{self.event_id}" if self.event_id is not None else self.what
         at = f" (seq {self.seq})" if self.seq is not None else ""
         return f"{where}{at}: {self.message}"
 
@@ -174,19 +292,19 @@ def chain_verify(*, board_id: int, batch: int = 5000) -> ChainReport:
         problems.append(ChainProblem(board_id, event_id, seq, message))
 
     events = Event.objects.filter(board_id=board_id)
-    first_hashed = events.filter(seq__isnull=False).order_by("seq").values_list("id", flat=True)
-    first_id = first_hashed.first()
-    if first_id is not None:
-        for event_id in events.filter(seq__isnull=True, id__gt=first_id).values_list(
-            "id", flat=True
-        ):
-            problem(event_id, None, "not in the chain: written behind the application's back")
+    problems += legacy_verify(board_id=board_id, batch=batch)
     head, expected, last_seq = GENESIS, 1, 0
     rows = events.filter(seq__isnull=False).order_by("seq").values_list(*VERIFY_FIELDS)
     for row in rows.iterator(chunk_size=batch):
         record = dict(zip(VERIFY_FIELDS, row, strict=True))
         seq = record["seq"]
-        if seq != expected:
+        if record["id"] <= 0:
+            problem(record["id"], seq, "an id the database never gives: written behind its back")
+        if seq == expected - 1:
+            problem(record["id"], seq, f"a second event at seq {seq}: a duplicate place")
+        elif seq < expected:
+            problem(record["id"], seq, f"seq {seq} is not after seq {expected - 1}: out of order")
+        elif seq != expected:
             missing = f"seq {expected}" if seq == expected + 1 else f"seqs {expected}-{seq - 1}"
             problem(record["id"], seq, f"the chain skips {missing}: events deleted before it")
         content = content_of(
@@ -199,12 +317,17 @@ def chain_verify(*, board_id: int, batch: int = 5000) -> ChainReport:
             source=record["source"],
             payload=record["payload"],
             request_id=record["request_id"],
+            via=record["via"],
         )
         head = link(head, content)
         if head.hex() != record["hash"]:
             problem(record["id"], seq, "its content or its place does not match its hash")
-            head = bytes.fromhex(record["hash"]) if len(record["hash"]) == 64 else head
-        expected, last_seq = seq + 1, seq
+            try:  # later events link to the stored hash: check them against it
+                stored_hash = bytes.fromhex(record["hash"] or "")
+            except ValueError:
+                stored_hash = b""
+            head = stored_hash if len(stored_hash) == 32 else head
+        expected, last_seq = max(expected, seq + 1), max(last_seq, seq)
     stored = ChainHead.objects.filter(board_id=board_id).values_list("seq", "head").first()
     if stored is None:
         if last_seq:

@@ -39,7 +39,11 @@ CREATE TRIGGER activity_event_txid
 """
 
 # The chain head only moves forward one step at a time and is never removed; snapshots are
-# written once. (A superuser can still drop these; activity.chain then catches the edit.)
+# written once. An event is taken only as its board's newest link: its seq and hash must be
+# the board's chain head, which activity.chain.chain_append moves on in the statement just
+# before the insert (same transaction, the head's row locked), so a row written past the
+# application (no seq, or a seq the head is not at) is refused at the INSERT. (A superuser
+# can still drop or bypass these; activity.chain then catches the edit.)
 POSTGRES_CHAIN = """
 CREATE OR REPLACE FUNCTION activity_chainhead_forward_only() RETURNS trigger AS $$
 BEGIN
@@ -77,6 +81,25 @@ DROP TRIGGER IF EXISTS activity_snapshot_no_truncate ON activity_boardsnapshot;
 CREATE TRIGGER activity_snapshot_no_truncate
     BEFORE TRUNCATE ON activity_boardsnapshot
     FOR EACH STATEMENT EXECUTE FUNCTION activity_snapshot_refuse_change();
+
+CREATE OR REPLACE FUNCTION activity_event_refuse_unchained() RETURNS trigger AS $$
+BEGIN
+    IF NEW.seq IS NULL OR NEW.hash IS NULL OR NOT EXISTS (
+        SELECT 1 FROM activity_chainhead AS h
+        WHERE h.board_id = NEW.board_id AND h.seq = NEW.seq AND encode(h.head, 'hex') = NEW.hash
+    ) THEN
+        RAISE EXCEPTION
+            'activity_event is append-only and chained: INSERT off the chain (board %, seq %)',
+            NEW.board_id, NEW.seq USING ERRCODE = 'restrict_violation';
+    END IF;
+    RETURN NEW;
+END
+$$ LANGUAGE plpgsql;
+
+DROP TRIGGER IF EXISTS activity_event_chained ON activity_event;
+CREATE TRIGGER activity_event_chained
+    BEFORE INSERT ON activity_event
+    FOR EACH ROW EXECUTE FUNCTION activity_event_refuse_unchained();
 """
 
 SQLITE_EVENT = [
@@ -107,6 +130,15 @@ SQLITE_CHAIN = [
     "DROP TRIGGER IF EXISTS activity_snapshot_no_delete",
     """CREATE TRIGGER activity_snapshot_no_delete BEFORE DELETE ON activity_boardsnapshot
        BEGIN SELECT RAISE(ABORT, 'activity_boardsnapshot is append-only: DELETE refused'); END""",
+    # Not on a REPLACE (activity_event_no_replace names that); the head's hex is lower case.
+    "DROP TRIGGER IF EXISTS activity_event_chained",
+    """CREATE TRIGGER activity_event_chained BEFORE INSERT ON activity_event
+       WHEN NOT EXISTS (SELECT 1 FROM activity_event WHERE id = NEW.id) AND (
+           NEW.seq IS NULL OR NEW.hash IS NULL OR NOT EXISTS (
+               SELECT 1 FROM activity_chainhead AS h
+               WHERE h.board_id = NEW.board_id AND h.seq = NEW.seq
+                 AND lower(hex(h.head)) = NEW.hash))
+       BEGIN SELECT RAISE(ABORT, 'activity_event is append-only and chained: INSERT off the chain refused'); END""",  # noqa: E501
     "DROP TRIGGER IF EXISTS activity_snapshot_no_replace",
     """CREATE TRIGGER activity_snapshot_no_replace BEFORE INSERT ON activity_boardsnapshot
        WHEN EXISTS (SELECT 1 FROM activity_boardsnapshot WHERE id = NEW.id)
@@ -154,6 +186,7 @@ def uninstall(apps, schema_editor: BaseDatabaseSchemaEditor) -> None:
                 "DROP TRIGGER IF EXISTS activity_chainhead_no_truncate ON activity_chainhead;"
                 "DROP TRIGGER IF EXISTS activity_snapshot_append_only ON activity_boardsnapshot;"
                 "DROP TRIGGER IF EXISTS activity_snapshot_no_truncate ON activity_boardsnapshot;"
+                "DROP TRIGGER IF EXISTS activity_event_chained ON activity_event;"
             )
     elif vendor == "sqlite":
         for statement in SQLITE:

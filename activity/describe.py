@@ -1,4 +1,5 @@
-"""Events in words: "alice moved PAY-42 from In Review to Staging"."""
+"""Events in words: "alice moved PAY-42 from In Review to Staging", and who did it:
+"alice via token deploy-bot"."""
 
 from activity import events
 from activity.events import EventKind
@@ -27,6 +28,23 @@ KINDS_DESCRIBED: frozenset[EventKind] = frozenset(
         EventKind.DEPLOYMENT_RECORDED,
     }
 )
+
+
+# How a token (or integration) acting for a person is named after them. The CSV export's
+# COPY statement (delivery/export.py) binds this very string, so both paths agree.
+VIA_PREFIX = " via token "
+
+
+def actor_label(actor_name: str, via: str = "") -> str:
+    """Who did it, in words, the one way every surface says it: "maya", or "maya via token
+    deploy-bot" when a token acted for maya. `actor_name` is the person (or a system actor's
+    name); `via` the token's name, never shown as if it were a person."""
+    return f"{actor_name}{VIA_PREFIX}{via}" if via else actor_name
+
+
+def event_actor(event: Event) -> str:
+    """`actor_label` of an event (or of anything with `actor_name` and, maybe, `via`)."""
+    return actor_label(event.actor_name, getattr(event, "via", "") or "")
 
 
 def _field_names(changes: dict) -> str:

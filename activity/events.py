@@ -271,8 +271,14 @@ class CardMoved(CardChange):
     from_: CardPlace
     to: CardPlace
     entered_column_at: str | None = None
-    # {card id: new rank} of the column's other cards, when the move re-spread its ranks.
+    # {card id: new rank} of the column's other cards, when the move re-spread its ranks
+    # (events written before `respread`; read for ever, no longer written).
     rebalanced: dict[str, str] = dataclasses.field(default_factory=dict, metadata=_OMIT_EMPTY)
+    # True when the move re-spread the target column: its open cards, in their order with this
+    # one at its place, took `boards.ranking.ranks_spread(count=...)` in turn (`to.rank` is
+    # this card's). Replay recomputes the same ranks; the event stays small however long the
+    # column is.
+    respread: bool = dataclasses.field(default=False, metadata=_OMIT_EMPTY)
     # The deployment.recorded event that made the move (not a manual delivery then).
     deployment_id: int | None = dataclasses.field(default=None, metadata=_OMIT_EMPTY)
 

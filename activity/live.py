@@ -9,12 +9,21 @@ when there is no REDIS_URL) and fans the messages out to asyncio queues, one per
 so a stream costs a queue and a suspended coroutine, not a thread or a database connection.
 A message is only a nudge that says what to redraw; the log stays the truth, and a stream that
 may have missed messages (a reconnect, Redis away for a while) catches up from the log.
+
+A stream lives no longer than the right to see it: it ends when its session does (a logout
+ends it at once, through the channel; a session expired or deleted, a user deactivated or no
+longer a member, at the next heartbeat at the latest). A user holds at most STREAMS_PER_USER
+streams open, counted across every process. The tab id a browser sends (X-Flux-Client) never
+leaves the server: messages carry a keyed tag of it, and each stream tells its own viewer only
+whether a change was theirs (`mine`).
 """
 
 import asyncio
 import enum
 import json
 import logging
+import math
+import os
 import time
 import uuid
 import weakref
@@ -27,20 +36,27 @@ from typing import Any
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import close_old_connections, connection, transaction
+from django.utils.crypto import salted_hmac
 
 from activity import events
-from activity.describe import event_describe
+from activity.describe import event_actor, event_describe
 from activity.events import EventKind
 from activity.models import Event
 
 logger = logging.getLogger(__name__)
 
-HEARTBEAT = 15.0  # seconds between keep-alive comments; also how often membership is rechecked
+# Seconds between keep-alive comments; also how often the session, the user and the membership
+# are checked again. (FLUX_LIVE_HEARTBEAT: for tests that need a stream to notice quickly.)
+HEARTBEAT = float(os.environ.get("FLUX_LIVE_HEARTBEAT", "15"))
+STREAMS_PER_USER = 20  # open streams one user may hold, across every process
+STREAM_TTL = 45  # a stream that stopped refreshing its place this long ago no longer counts
 PRESENCE_TTL = 45  # a viewer whose stream stopped refreshing for this long is gone
 PRESENCE_SETTLE = 0.3  # seconds: joins and leaves within this are announced together
 CATCH_UP_LIMIT = 200  # more missed events than this: the page reloads instead
 QUEUE_SIZE = 1000
 RESYNC = {"resync": True}  # queued when messages may have been lost: catch up from the log
+ENDED = {"ended": True}  # queued when the stream's session ended: revoke at once
+SESSION_ENDED = "session-ended"  # the kind of the message a logout publishes
 
 
 class Redraw(enum.Enum):
@@ -125,8 +141,9 @@ def event_message(event: Event, *, client: str = "", column_id: int | None = Non
         "columns": _columns_of(event, column_id),
         "actor": event.actor_name,
         "actor_id": event.actor_id,
+        "via": event.via,
         "client": client,
-        "text": f"{event.actor_name} {event_describe(event)}",
+        "text": f"{event_actor(event)} {event_describe(event)}",
     }
 
 
@@ -141,7 +158,42 @@ def event_recorded(event: Event, *, card: Any = None, client: str = "") -> None:
         conn.flux_live_pending, conn.flux_live_callback = pending, callback
         transaction.on_commit(callback)
     column_id = getattr(card, "column_id", None)
-    pending.append(event_message(event, client=client, column_id=column_id))
+    tag = client_tag(event.actor_id, client)
+    pending.append(event_message(event, client=tag, column_id=column_id))
+
+
+def client_tag(user_id: int | None, client: str) -> str:
+    """What messages carry instead of a tab's id: keyed by the server's secret and bound to
+    the user the change was made as, so a caller who sends someone else's tab id makes a tag
+    that no stream of that person matches, and no viewer ever sees a tab id."""
+    if not client or user_id is None:
+        return ""
+    return salted_hmac("flux.live.client", f"{user_id}:{client}").hexdigest()[:32]
+
+
+def session_tag(session_key: str | None) -> str:
+    """A session's name on the live channel (never the key itself)."""
+    if not session_key:
+        return ""
+    return salted_hmac("flux.live.session", session_key).hexdigest()[:32]
+
+
+def for_viewer(message: dict, *, client: str = "") -> dict:
+    """The message as one viewer is sent it: no tag, only whether the viewer's tab made it."""
+    shown = {name: value for name, value in message.items() if name != "client"}
+    shown["mine"] = bool(client) and message.get("client") == client
+    return shown
+
+
+def session_ended(session_key: str | None) -> None:
+    """A session was logged out: every process ends that session's streams now."""
+    tag = session_tag(session_key)
+    if not tag:
+        return
+    try:
+        publish([{"kind": SESSION_ENDED, "session": tag}])
+    except Exception:  # its streams end at their next heartbeat instead
+        logger.warning("could not announce a logout to live streams", exc_info=True)
 
 
 def _publish_committed(messages: list[dict]) -> None:
@@ -196,6 +248,7 @@ class Hub:
     def __init__(self, loop: asyncio.AbstractEventLoop):
         self.loop = loop
         self.queues: dict[int, set[asyncio.Queue]] = defaultdict(set)
+        self.sessions: dict[str, set[asyncio.Queue]] = defaultdict(set)
         self.listener: asyncio.Task | None = None
         self.channel = channel()
         self.connected = not settings.REDIS_URL
@@ -212,15 +265,23 @@ class Hub:
         self.presence_html: dict[int, str] = {}
         self.presence_due: dict[int, asyncio.TimerHandle] = {}
 
-    def subscribe(self, board_id: int, render: Callable[[list[Viewer]], str]) -> asyncio.Queue:
+    def subscribe(
+        self, board_id: int, render: Callable[[list[Viewer]], str], *, session: str = ""
+    ) -> asyncio.Queue:
         queue: asyncio.Queue = asyncio.Queue(maxsize=QUEUE_SIZE)
         self.queues[board_id].add(queue)
+        if session:
+            self.sessions[session].add(queue)
         self.renderers[board_id] = render
         if settings.REDIS_URL and (self.listener is None or self.listener.done()):
             self.listener = self.loop.create_task(self._listen())
         return queue
 
-    def unsubscribe(self, board_id: int, queue: asyncio.Queue) -> None:
+    def unsubscribe(self, board_id: int, queue: asyncio.Queue, *, session: str = "") -> None:
+        if session in self.sessions:
+            self.sessions[session].discard(queue)
+            if not self.sessions[session]:
+                del self.sessions[session]
         self.queues[board_id].discard(queue)
         if not self.queues[board_id]:
             del self.queues[board_id]
@@ -229,6 +290,10 @@ class Hub:
 
     def dispatch(self, messages: Iterable[dict]) -> None:
         for message in messages:
+            if message.get("kind") == SESSION_ENDED:
+                for queue in list(self.sessions.get(message.get("session", ""), ())):
+                    _offer(queue, ENDED)
+                continue
             board_id = message.get("board")
             if board_id not in self.queues:
                 continue
@@ -299,6 +364,16 @@ class Hub:
         # Unsubscribed: the next listener must catch its streams up when it connects.
         self.connected = False
         self.listener = None
+        await self.idle_close()
+
+    async def idle_close(self) -> None:
+        """No stream left on this loop: close the pool's idle connections. (The pool is
+        bounded, but a process with no viewers should hold no Redis connection for them.)"""
+        if self.redis is not None and not self.queues:
+            try:
+                await self.redis.connection_pool.disconnect(inuse_connections=False)
+            except Exception:
+                logger.info("could not close idle live connections", exc_info=True)
 
 
 def _offer(queue: asyncio.Queue, message: dict) -> None:
@@ -307,7 +382,7 @@ def _offer(queue: asyncio.Queue, message: dict) -> None:
     except asyncio.QueueFull:  # a stuck viewer: drop what it has queued and let it catch up
         while not queue.empty():
             queue.get_nowait()
-        queue.put_nowait(RESYNC)
+        queue.put_nowait(ENDED if message is ENDED else RESYNC)
 
 
 _hubs: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Hub]" = weakref.WeakKeyDictionary()
@@ -388,6 +463,73 @@ def _announce_locally(board_id: int) -> None:
         each.dispatch_threadsafe([{"board": board_id, "kind": "presence"}])
 
 
+# --- Open streams per user -----------------------------------------------------------------------
+# A Redis sorted set per user of "stream id" scored by when the entry expires, refreshed on every
+# heartbeat and removed when the stream ends, so a process that died stops counting after
+# STREAM_TTL; without Redis, a dict in this process.
+
+_local_streams: dict[int, dict[str, float]] = defaultdict(dict)
+
+
+def streams_key(user_id: int) -> str:
+    return f"flux:live-streams:{connection.settings_dict['NAME']}:{user_id}"
+
+
+def streams_retry_after() -> int:
+    """Seconds a refused viewer should wait: a closed stream frees its place at once."""
+    return max(1, math.ceil(HEARTBEAT))
+
+
+async def stream_claim(hub: Hub, user_id: int, stream: str) -> bool:
+    """Take a place for a new stream of the user's; False when they hold the most already."""
+    now = time.time()
+    if hub.redis is None:
+        entries = _local_streams[user_id]
+        for gone in [s for s, expires in entries.items() if expires <= now]:
+            del entries[gone]
+        if len(entries) >= STREAMS_PER_USER:
+            return False
+        entries[stream] = now + STREAM_TTL
+        return True
+    key = streams_key(user_id)
+    try:
+        async with hub.redis.pipeline(transaction=True) as pipe:
+            pipe.zremrangebyscore(key, "-inf", now)
+            pipe.zadd(key, {stream: now + STREAM_TTL})
+            pipe.zcard(key)
+            pipe.expire(key, STREAM_TTL * 2)
+            _, _, count, _ = await pipe.execute()
+        if count > STREAMS_PER_USER:
+            await hub.redis.zrem(key, stream)
+            return False
+    except asyncio.CancelledError:
+        raise
+    except Exception:  # Redis away: the stream would get no changes anyway; let it poll the log
+        logger.warning("could not count a user's live streams", exc_info=True)
+    return True
+
+
+async def stream_touch(hub: Hub, user_id: int, stream: str) -> None:
+    expires = time.time() + STREAM_TTL
+    if hub.redis is None:
+        if stream in _local_streams[user_id]:
+            _local_streams[user_id][stream] = expires
+        return
+    async with hub.redis.pipeline(transaction=False) as pipe:
+        pipe.zadd(streams_key(user_id), {stream: expires}, xx=True)
+        pipe.expire(streams_key(user_id), STREAM_TTL * 2)
+        await pipe.execute()
+
+
+async def stream_release(hub: Hub, user_id: int, stream: str) -> None:
+    if hub.redis is None:
+        _local_streams[user_id].pop(stream, None)
+        if not _local_streams[user_id]:
+            del _local_streams[user_id]
+        return
+    await hub.redis.zrem(streams_key(user_id), stream)
+
+
 # --- Streams -------------------------------------------------------------------------------------
 
 
@@ -443,8 +585,11 @@ class StreamSpec:
     board_id: int
     viewer: Viewer
     after: int
-    still_allowed: Callable[[], bool]  # sync: does the viewer still have access?
+    still_allowed: Callable[[], bool]  # sync: is the session current and may it see the board?
     render_presence: Callable[[list[Viewer]], str]  # sync: the avatars' HTML
+    session: str = ""  # session_tag() of the viewer's session: its logout ends the stream
+    client: str = ""  # client_tag() of the viewer's tab: changes it made come back as `mine`
+    slot: str = ""  # its place among the user's open streams (stream_claim), freed at the end
 
 
 async def board_stream(spec: StreamSpec) -> AsyncIterator[str]:
@@ -453,7 +598,7 @@ async def board_stream(spec: StreamSpec) -> AsyncIterator[str]:
     The stream subscribes before it reads the log, so nothing committed in between is lost;
     an event read both ways is sent once."""
     my_hub = hub()
-    queue = my_hub.subscribe(spec.board_id, spec.render_presence)
+    queue = my_hub.subscribe(spec.board_id, spec.render_presence, session=spec.session)
     member = f"{uuid.uuid4().hex}:{spec.viewer.user_id}:{spec.viewer.name}"
     sent: OrderedDict[int, None] = OrderedDict()
     last = spec.after
@@ -478,7 +623,7 @@ async def board_stream(spec: StreamSpec) -> AsyncIterator[str]:
         for message in missed:
             if fresh(message):
                 last = max(last, message["id"])
-                yield sse("change", json.dumps(message), id=last)
+                yield sse("change", json.dumps(for_viewer(message, client=spec.client)), id=last)
 
     try:
         yield "retry: 2000\n\n"
@@ -496,6 +641,8 @@ async def board_stream(spec: StreamSpec) -> AsyncIterator[str]:
             except TimeoutError:
                 next_beat = time.monotonic() + HEARTBEAT
                 await _safely(presence_touch(my_hub, spec.board_id, member, announce=False))
+                if spec.slot:
+                    await _safely(stream_touch(my_hub, spec.viewer.user_id, spec.slot))
                 if not await db(spec.still_allowed):
                     yield sse("revoked", "{}")
                     return
@@ -504,6 +651,9 @@ async def board_stream(spec: StreamSpec) -> AsyncIterator[str]:
                     async for chunk in catch_up():
                         yield chunk
                 continue
+            if message is ENDED:
+                yield sse("revoked", "{}")
+                return
             if message is RESYNC:
                 async for chunk in catch_up():
                     yield chunk
@@ -516,10 +666,15 @@ async def board_stream(spec: StreamSpec) -> AsyncIterator[str]:
                     return
                 if fresh(message):
                     last = max(last, message["id"])
-                    yield sse("change", json.dumps(message), id=last)
+                    yield sse(
+                        "change", json.dumps(for_viewer(message, client=spec.client)), id=last
+                    )
     finally:
-        my_hub.unsubscribe(spec.board_id, queue)
+        my_hub.unsubscribe(spec.board_id, queue, session=spec.session)
+        if spec.slot:
+            await _safely(asyncio.shield(stream_release(my_hub, spec.viewer.user_id, spec.slot)))
         await _safely(asyncio.shield(presence_leave(my_hub, spec.board_id, member)))
+        await asyncio.shield(my_hub.idle_close())  # the last stream out closes the pool's idle
 
 
 async def _safely(awaitable: Awaitable, default: Any = None):

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 from django.db import models, transaction
 
 from activity import clock, events, live
+from activity.describe import actor_label
 from activity.models import Event, Source
 
 logger = logging.getLogger(__name__)
@@ -31,6 +32,11 @@ if TYPE_CHECKING:
 class Actor:
     """Who is making a change, and through which door (web, API, admin, system).
 
+    The log names the person (`user`) and, separately, what acted for them (`via`: an API
+    token's name), so a token can never pass for a person, whatever it is called. `name` is
+    only for an actor without a person (`Actor.system("ci-pipeline")`); a person's actor is
+    always named by their username.
+
     An API token narrows what its user may do: `board_ids` (None: all the user's boards)
     and `max_role` (None: the user's own role) carry that scope to the permission checks.
     """
@@ -40,14 +46,25 @@ class Actor:
     name: str = ""
     board_ids: frozenset[int] | None = None
     max_role: str | None = None
+    via: str = ""
+
+    def __post_init__(self) -> None:
+        if self.name and self.user is not None:
+            raise ValueError(
+                "A person's actor is named by their username; say what acts for them in `via`."
+            )
 
     @property
     def display_name(self) -> str:
-        if self.name:
-            return self.name
+        """The person's username, or the system actor's name: never a token's name."""
         if self.user is not None:
             return self.user.get_username()
-        return "system"
+        return self.name or "system"
+
+    @property
+    def label(self) -> str:
+        """Who, in words: "maya", or "maya via token deploy-bot" (activity.describe)."""
+        return actor_label(self.display_name, self.via)
 
     @classmethod
     def system(cls, name: str = "system") -> "Actor":
@@ -79,6 +96,7 @@ def record(
         occurred_at=clock.now(),
         actor=user,
         actor_name=actor.display_name[:150],
+        via=actor.via[:150],
         source=actor.source,
         board=board,
         card=card,

@@ -80,6 +80,9 @@ class Event(models.Model):
         constraints = [
             models.UniqueConstraint(fields=["board", "seq"], name="activity_event_board_seq"),
         ]
+        # Verifying replays every board: a full read of the log, so not for every staff member
+        # (history/admin.py's verify view; superusers have it implicitly).
+        permissions = [("verify_event", "Can verify the activity log")]
 
     def __str__(self) -> str:
         return f"#{self.pk} {self.kind} by {self.actor_name}"
@@ -115,6 +118,24 @@ class ChainHead(models.Model):
 
     def __str__(self) -> str:
         return f"chain of board {self.board_id} at {self.seq}"
+
+
+class LegacySeal(models.Model):
+    """A board's events from before the hash chain (no seq), sealed when migration 0010 ran:
+    how many, which ids (as [first, last] runs) and a digest of their content
+    (activity.chain.legacy_digest). A seq-less event that is not among them was written
+    behind the application's back; a board without a seal has no legacy events at all."""
+
+    board = models.OneToOneField(
+        "boards.Board", primary_key=True, on_delete=models.PROTECT, related_name="+"
+    )
+    count = models.PositiveIntegerField()
+    digest = models.CharField(max_length=64)
+    ids = models.JSONField(help_text="The sealed events' ids, as [first, last] runs.")
+    sealed_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return f"{self.count} legacy events of board {self.board_id}"
 
 
 def _connect_sqlite_functions() -> None:

@@ -31,7 +31,7 @@ from boards.models import (
     Role,
     Stage,
 )
-from boards.problems import ERRORS, WRITE_ERRORS, IsoDate, IsoDateTime
+from boards.problems import ERRORS, WRITE_ERRORS, IsoDate, IsoDateTime, Text
 from boards.rendering import FluxRequest
 
 User = get_user_model()
@@ -95,46 +95,46 @@ class CardPage(Schema):
 
 
 class CardIn(Schema):
-    title: str = Field(min_length=1, max_length=TITLE_MAX_LENGTH)
-    description: str = Field("", max_length=DESCRIPTION_MAX_LENGTH)
-    column: str | None = Field(
+    title: Text = Field(min_length=1, max_length=TITLE_MAX_LENGTH)
+    description: Text = Field("", max_length=DESCRIPTION_MAX_LENGTH)
+    column: Text | None = Field(
         None, max_length=COLUMN_NAME_MAX_LENGTH, description="Column name or stage."
     )
     due_date: IsoDate | None = None
-    labels: list[str] = Field(default_factory=list, max_length=50)
-    assignees: list[str] = Field(default_factory=list, max_length=50)
+    labels: list[Text] = Field(default_factory=list, max_length=50)
+    assignees: list[Text] = Field(default_factory=list, max_length=50)
 
 
 class CardPatch(Schema):
-    title: str | None = Field(None, min_length=1, max_length=TITLE_MAX_LENGTH)
-    description: str | None = Field(None, max_length=DESCRIPTION_MAX_LENGTH)
+    title: Text | None = Field(None, min_length=1, max_length=TITLE_MAX_LENGTH)
+    description: Text | None = Field(None, max_length=DESCRIPTION_MAX_LENGTH)
     due_date: IsoDate | None = None
     expected_version: int | None = Field(None, ge=1, le=MAX_VERSION)
 
 
 class MoveIn(Schema):
-    to: str = Field(
+    to: Text = Field(
         min_length=1, max_length=COLUMN_NAME_MAX_LENGTH, description="Column name or stage."
     )
-    after: str | None = Field(None, pattern=REF_PATTERN)
-    before: str | None = Field(None, pattern=REF_PATTERN)
+    after: Text | None = Field(None, pattern=REF_PATTERN)
+    before: Text | None = Field(None, pattern=REF_PATTERN)
     expected_version: int | None = Field(None, ge=1, le=MAX_VERSION)
 
 
 class CommitIn(Schema):
-    sha: str = Field(min_length=4, max_length=64, pattern=r"^[0-9a-fA-F]+$")
+    sha: Text = Field(min_length=4, max_length=64, pattern=r"^[0-9a-fA-F]+$")
     timestamp: IsoDateTime | None = None
-    message: str = Field("", max_length=10_000)
+    message: Text = Field("", max_length=10_000)
 
 
 class DeploymentIn(Schema):
-    board: str = Field(pattern=BOARD_KEY_RE.replace("[A-Z]", "[A-Za-z]"))
-    version: str = Field(min_length=1, max_length=LABEL_NAME_MAX_LENGTH)  # names the release
-    environment: str = Field(min_length=1, max_length=ENVIRONMENT_MAX_LENGTH)
+    board: Text = Field(pattern=BOARD_KEY_RE.replace("[A-Z]", "[A-Za-z]"))
+    version: Text = Field(min_length=1, max_length=LABEL_NAME_MAX_LENGTH)  # names the release
+    environment: Text = Field(min_length=1, max_length=ENVIRONMENT_MAX_LENGTH)
     status: Literal["success", "failed"]
-    cards: list[str] | None = Field(None, max_length=500)
+    cards: list[Text] | None = Field(None, max_length=500)
     commits: list[CommitIn] = Field(default_factory=list, max_length=1000)
-    url: str = Field("", max_length=DEPLOYMENT_URL_MAX_LENGTH)
+    url: Text = Field("", max_length=DEPLOYMENT_URL_MAX_LENGTH)
     started_at: IsoDateTime | None = None
     finished_at: IsoDateTime | None = None
 
@@ -261,14 +261,14 @@ def board_detail(request: FluxRequest, key: str):
 
 
 class CardQuery(Schema):
-    column: str | None = Field(
+    column: Text | None = Field(
         None, max_length=COLUMN_NAME_MAX_LENGTH, description="Column name or stage."
     )
     stage: Stage | None = None
-    label: str | None = Field(None, max_length=LABEL_NAME_MAX_LENGTH)
-    release: str | None = Field(None, max_length=LABEL_NAME_MAX_LENGTH)
-    assignee: str | None = Field(None, max_length=USERNAME_MAX_LENGTH)
-    q: str | None = Field(
+    label: Text | None = Field(None, max_length=LABEL_NAME_MAX_LENGTH)
+    release: Text | None = Field(None, max_length=LABEL_NAME_MAX_LENGTH)
+    assignee: Text | None = Field(None, max_length=USERNAME_MAX_LENGTH)
+    q: Text | None = Field(
         None, max_length=SEARCH_MAX_LENGTH, description="Text in title, description or ref."
     )
     archived: bool = False
@@ -320,12 +320,18 @@ def card_create(request: FluxRequest, key: str, payload: CardIn):
             label = services.label_get_or_create(actor=actor, board_id=board.pk, name=name)
             services.card_label_add(actor=actor, card_id=card.pk, label_id=label.pk)
         if payload.assignees:
+            # Names are looked up among the board's members only: a name that is no one's and
+            # the name of someone elsewhere get the same answer, so none can be probed.
             users = dict(
-                User.objects.filter(username__in=payload.assignees).values_list("username", "pk")
+                User.objects.filter(
+                    username__in=payload.assignees, is_active=True, memberships__board=board
+                ).values_list("username", "pk")
             )
-            unknown = sorted(set(payload.assignees) - set(users))
-            if unknown:
-                raise ValidationError({"assignees": f"Unknown users: {', '.join(unknown)}."})
+            others = sorted(set(payload.assignees) - set(users))
+            if others:
+                raise ValidationError(
+                    {"assignees": f"Assignees must be members of the board: {', '.join(others)}."}
+                )
             services.card_assign(actor=actor, card_id=card.pk, user_ids=users.values())
     return Status(201, _card_out(_fresh(card)))
 

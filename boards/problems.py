@@ -1,5 +1,5 @@
-"""Shapes shared by every app's API routes: the error (RFC 9457 problem details) and strict
-date types."""
+"""Shapes shared by every app's API routes: the error (RFC 9457 problem details), strict
+date types and text that can be stored."""
 
 import datetime
 import re
@@ -50,3 +50,27 @@ def _as_utc(value: datetime.datetime) -> datetime.datetime:
 
 IsoDateTime = Annotated[datetime.datetime, BeforeValidator(_text_only), AfterValidator(_as_utc)]
 IsoDate = Annotated[datetime.date, BeforeValidator(_text_only)]
+
+
+def text_refusal(value: str) -> str | None:
+    """Why text cannot be stored (a NUL, which PostgreSQL refuses; a lone surrogate, which
+    UTF-8 cannot encode), or None when it can. Browser parsers share it with the API."""
+    if "\x00" in value:
+        return "must not contain a NUL character (\\u0000)"
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return "must not contain a lone surrogate (an unpaired \\ud800-\\udfff escape)"
+    return None
+
+
+def _storable(value):
+    """Checked before pydantic's own string checks, whose word for a lone surrogate ("unable to
+    parse raw data") says less; anything but text goes on to be refused by them."""
+    if isinstance(value, str) and (reason := text_refusal(value)) is not None:
+        raise ValueError(reason)
+    return value
+
+
+# Every string an API client sends: refused with a 422 that says why, before any query.
+Text = Annotated[str, BeforeValidator(_storable)]

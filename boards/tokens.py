@@ -119,7 +119,8 @@ def token_authenticate(secret: str) -> ApiToken | None:
 
 
 def token_actor(token: ApiToken) -> Actor:
-    """The actor a token acts as: its user, narrowed to its boards and role."""
+    """The actor a token acts as: its user (the log names them, and the token as `via`),
+    narrowed to its boards and role."""
     listed = getattr(token, "board_id_list", None)
     if listed is None:
         board_ids = frozenset(token.boards.values_list("pk", flat=True))
@@ -128,7 +129,7 @@ def token_actor(token: ApiToken) -> Actor:
     return Actor(
         user=token.user,
         source=Source.API,
-        name=token.name,
+        via=token.name,
         board_ids=board_ids or None,
         max_role=token.role,
     )

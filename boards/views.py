@@ -5,12 +5,15 @@ pages (or a redirect after a POST), so every action also works without JavaScrip
 """
 
 import json
+import re
+import uuid
 from functools import partial
 from urllib.parse import urlencode
 
-from django.contrib import messages
+from django.contrib import auth, messages
+from django.contrib.sessions.backends.db import SessionStore as DatabaseSessionStore
 from django.core.exceptions import ValidationError
-from django.http import HttpResponse, JsonResponse, StreamingHttpResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.shortcuts import redirect, render
 from django.template.loader import render_to_string
 from django.urls import reverse
@@ -78,11 +81,14 @@ def board_columns_view(request: FluxRequest, key: str) -> HttpResponse:
 
 
 @require_GET
-async def board_live(request: FluxRequest, key: str) -> StreamingHttpResponse:
+async def board_live(request: FluxRequest, key: str) -> HttpResponse | StreamingHttpResponse:
     """Server-Sent Events: the board's changes as they commit, and who else is viewing it.
 
     Starts after `Last-Event-ID` (the browser's own reconnect) or `?last=` (a new connection
-    from a page that has seen events up to there), else from now."""
+    from a page that has seen events up to there), else from now. `?client=` is the tab's id
+    (the one its requests send as X-Flux-Client): changes made from it come marked `mine`.
+    The stream ends when the session does, or the user's access; a user who already holds
+    `live.STREAMS_PER_USER` streams gets a 429 with Retry-After."""
     user = await request.auser()
     board = await live.db(queries.board_get, actor=request.actor, key=key)
     assert user.is_authenticated  # board_get let no one else through
@@ -90,17 +96,34 @@ async def board_live(request: FluxRequest, key: str) -> StreamingHttpResponse:
     after = after or number_parse(request.GET.get("last"))
     if after is None:
         after = await live.db(live.event_latest, board_id=board.pk)
+    client = request.GET.get("client", "")
+    slot = uuid.uuid4().hex
+    if not await live.stream_claim(live.hub(), user.pk, slot):
+        refused = HttpResponse(
+            f"You have {live.STREAMS_PER_USER} live boards open already; close one and retry.",
+            status=429,
+            content_type="text/plain; charset=utf-8",
+        )
+        refused["Retry-After"] = str(live.streams_retry_after())
+        return refused
+    session_key = request.session.session_key
     spec = live.StreamSpec(
         board_id=board.pk,
         viewer=live.Viewer(user.pk, user.get_username()),
         after=after,
-        still_allowed=partial(_still_allowed, request.actor, board.key),
+        still_allowed=partial(_stream_allowed, request.actor, board.key, session_key, user.pk),
         render_presence=_presence_html,
+        session=live.session_tag(session_key),
+        client=live.client_tag(user.pk, client if CLIENT_ID.fullmatch(client) else ""),
+        slot=slot,
     )
     response = StreamingHttpResponse(live.board_stream(spec), content_type="text/event-stream")
     response["Cache-Control"] = "no-cache, no-store"
     response["X-Accel-Buffering"] = "no"  # proxies must pass events on as they come
     return response
+
+
+CLIENT_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")  # as flux.middleware accepts X-Flux-Client
 
 
 @require_GET
@@ -110,10 +133,26 @@ def board_changes(request: FluxRequest, key: str) -> JsonResponse:
     after = number_parse(request.GET.get("after"))
     if after is None:
         return JsonResponse({"last": live.event_latest(board_id=board.pk), "changes": []})
-    changes = live.events_since(board_id=board.pk, after=after)
+    changes = [live.for_viewer(c) for c in live.events_since(board_id=board.pk, after=after)]
     reload = len(changes) > live.CATCH_UP_LIMIT
     last = changes[-1]["id"] if changes else after
     return JsonResponse({"last": last, "changes": [] if reload else changes, "reload": reload})
+
+
+def _stream_allowed(actor: Actor, key: str, session_key: str | None, user_id: int) -> bool:
+    """A stream goes on while its session is still the user's (not logged out, expired,
+    deleted or cut by a password change: read from the database, not the session cache) and
+    the user may still see the board."""
+    return _session_current(session_key, user_id) and _still_allowed(actor, key)
+
+
+def _session_current(session_key: str | None, user_id: int) -> bool:
+    if not session_key:
+        return False
+    probe = HttpRequest()
+    probe.session = DatabaseSessionStore(session_key)
+    user = auth.get_user(probe)  # checks the session's auth hash and that the user is active
+    return user.is_authenticated and user.pk == user_id
 
 
 def _still_allowed(actor: Actor, key: str) -> bool:

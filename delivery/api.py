@@ -4,7 +4,7 @@ from ninja import Field, Query, Router, Schema
 
 from boards import queries
 from boards.models import LABEL_NAME_MAX_LENGTH
-from boards.problems import ERRORS, IsoDateTime
+from boards.problems import ERRORS, IsoDateTime, Text
 from boards.rendering import FluxRequest
 from delivery.export import ExportFilter, deployments_csv_response
 
@@ -12,10 +12,10 @@ router = Router(tags=["delivery"])
 
 
 class ExportQuery(Schema):
-    board: str | None = Field(None, pattern=r"^[A-Za-z][A-Za-z0-9]{1,9}$")
+    board: Text | None = Field(None, pattern=r"^[A-Za-z][A-Za-z0-9]{1,9}$")
     since: IsoDateTime | None = Field(None, description="Deployed at or after (UTC).")
     until: IsoDateTime | None = Field(None, description="Deployed before (UTC).")
-    release: str | None = Field(
+    release: Text | None = Field(
         None, max_length=LABEL_NAME_MAX_LENGTH, description="Only this version."
     )
 

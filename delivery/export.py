@@ -3,7 +3,9 @@
 Rows come from the projections (delivery.rollups) and are written RFC 4180-style (quoted
 when needed, CRLF line ends). A cell that a spreadsheet would run as a formula (starting with
 =, +, -, @, tab or carriage return) is prefixed with a single quote. A deployment that
-delivered no card (a failed one, say) is one row with the card columns empty.
+delivered no card (a failed one, say) is one row with the card columns empty. The `actor`
+column says who, as every page does (activity.describe.actor_label): the person, and the API
+token that acted for them, "maya via token deploy-bot".
 
 On PostgreSQL the database writes the CSV itself: `COPY (SELECT ...) TO STDOUT WITH CSV`
 (`copy_query()`), with the filters, the formatting of `cell()` and the formula
@@ -23,9 +25,21 @@ from asgiref.sync import sync_to_async
 from django.core.exceptions import ValidationError
 from django.core.handlers.asgi import ASGIRequest
 from django.db import connection
-from django.db.models import F, OuterRef, QuerySet, StringAgg, Subquery, Value
+from django.db.models import (
+    Case,
+    CharField,
+    F,
+    OuterRef,
+    QuerySet,
+    StringAgg,
+    Subquery,
+    Value,
+    When,
+)
+from django.db.models.functions import Concat
 from django.http import HttpRequest, StreamingHttpResponse
 
+from activity.describe import VIA_PREFIX
 from activity.events import EventKind
 from boards.models import Card
 from delivery.models import Deployment
@@ -68,6 +82,9 @@ _TIME = r"""replace(to_char({0} AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US'
        || 'Z'"""
 # round() of a float8 rounds half to even, as Python's round() does.
 _SECONDS = "round({0})::bigint"
+# activity.describe.actor_label in SQL: the person, and the token that acted for them (its
+# words bound as a parameter, from the same constant); `_actor()` below is the ORM's own.
+_ACTOR = "CASE WHEN e.via = '' THEN d.actor_name ELSE d.actor_name || %(via_prefix)s || e.via END"
 # The shape is for a million rows: each deployment's own cells (service, times, commit shas)
 # are formatted once per deployment, not once per card; the deployments come in export order
 # and each one's cards from its index in card_ref order, so the final ORDER BY is an
@@ -93,9 +110,10 @@ SELECT d.id, d.service_key, d.service_name, d.environment, d.version, d.status, 
                {_TIME.format("d.deployed_at")} AS deployed,
                {_TEXT.format("shas.joined")} AS commit_shas,
                {_TEXT.format("d.source")} AS source,
-               {_TEXT.format("d.actor_name")} AS actor
+               {_TEXT.format(_ACTOR)} AS actor
           FROM activity_deployment d
           JOIN boards_board b ON b.id = d.board_id
+          JOIN activity_event e ON e.id = d.event_id
           LEFT JOIN LATERAL (
                 SELECT string_agg(s.sha, ' ' ORDER BY s.n) AS joined
                   FROM jsonb_array_elements_text(d.commit_shas) WITH ORDINALITY AS s(sha, n)
@@ -166,14 +184,24 @@ def deployment_rows(*, scope: ExportFilter) -> QuerySet:
         "cards__cycle_time",
         "commit_shas",
         "source",
-        "actor_name",
+        _actor(),
+    )
+
+
+def _actor() -> Case:
+    """The `actor` cell: activity.describe.actor_label of the deployment's person and the
+    token that recorded it (read from its event), "maya via token deploy-bot"."""
+    return Case(
+        When(event__via="", then=F("actor_name")),
+        default=Concat(F("actor_name"), Value(VIA_PREFIX), F("event__via")),
+        output_field=CharField(),
     )
 
 
 def copy_query(*, scope: ExportFilter) -> tuple[str, dict]:
     """The export as a PostgreSQL COPY statement and its parameters, for the boards in scope."""
     where = ["d.board_id = ANY(%(boards)s)"]
-    params: dict = {"boards": sorted(scope.board_ids)}
+    params: dict = {"boards": sorted(scope.board_ids), "via_prefix": VIA_PREFIX}
     if scope.since:
         where.append("d.deployed_at >= %(since)s")
         params["since"] = scope.since

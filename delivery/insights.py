@@ -282,10 +282,11 @@ def cycle_time_points(
 def deployments_recent(
     *, board_id: int, window: Window, limit: int = RECENT_DEPLOYMENTS
 ) -> list[Deployment]:
-    """The window's latest production deployments, newest first, each with `card_count`: 1 query."""
+    """The window's latest production deployments, newest first, each with `card_count` and
+    `via` (the token that recorded it for the person, read from its event): 1 query."""
     return list(
         production([board_id], window)
-        .annotate(card_count=Count("cards"))
+        .annotate(card_count=Count("cards"), via=F("event__via"))
         .order_by("-deployed_at", "-event_id")[:limit]
     )
 

@@ -4,6 +4,7 @@ bodies, the services' refusals as clear 4xx pages, idempotent API retries, login
 unreachable."""
 
 import hashlib
+import json
 import logging
 import re
 import time
@@ -14,13 +15,17 @@ import psycopg
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.conf import settings
 from django.contrib.auth.middleware import LoginRequiredMiddleware as DjangoLoginRequiredMiddleware
+from django.contrib.auth.signals import user_logged_out
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.core.signals import got_request_exception
 from django.db import DatabaseError, InterfaceError, OperationalError, transaction
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
+from django.urls import Resolver404, resolve
 
+from activity import live
 from activity import log as activity_log
+from boards import queries
 from boards.errors import (
     FluxError,
     ForbiddenError,
@@ -28,9 +33,9 @@ from boards.errors import (
     refusal_message,
     refusal_status,
 )
-from boards.models import IDEMPOTENCY_KEY_MAX_LENGTH, IdempotencyKey
+from boards.models import IDEMPOTENCY_KEY_MAX_LENGTH, ApiToken, IdempotencyKey, Role
 from boards.rendering import FluxRequest
-from boards.tokens import token_authenticate
+from boards.tokens import token_actor, token_authenticate
 
 request_logger = logging.getLogger("flux.request")
 logger = logging.getLogger(__name__)
@@ -281,6 +286,11 @@ class IdempotencyMiddleware:
                         "Idempotency-Key reused",
                         "This Idempotency-Key was used with a different request; use a new key.",
                     )
+                # The stored answer is the route's; whether the caller may still have it is
+                # asked again, as the route asks: access lost since is the route's 404.
+                refused = _replay_refused(request, token)
+                if refused is not None:
+                    return refused
                 response = HttpResponse(
                     bytes(record.body), status=record.status, content_type=record.content_type
                 )
@@ -295,6 +305,49 @@ class IdempotencyMiddleware:
             record.body = response.content
             record.save(update_fields=["status", "content_type", "body"])
             return response
+
+
+def _replay_board_key(request: HttpRequest) -> str:
+    """The board a POST route acts on, as the route finds it: the `key` in its path, the
+    board of the card `ref` in its path, or the `board` its JSON body names ("" when the
+    route names no board, "?" when it names one that cannot exist)."""
+    try:
+        match = resolve(request.path)
+    except Resolver404:
+        return ""
+    if "key" in match.kwargs:
+        return str(match.kwargs["key"])
+    if "ref" in match.kwargs:
+        parsed = queries.ref_parse(str(match.kwargs["ref"]))
+        return parsed[0] if parsed else "?"
+    try:
+        body = json.loads(request.body or b"null")
+    except ValueError:
+        return ""
+    if isinstance(body, dict) and "board" in body:
+        return str(body["board"])
+    return ""
+
+
+def _replay_refused(request: HttpRequest, token: ApiToken) -> HttpResponse | None:
+    """The route's own refusal if the token may no longer write to the request's board."""
+    key = _replay_board_key(request)
+    if key == "":
+        return None
+    from flux.api import problem  # the API's problem+json (it imports this module's neighbours)
+
+    try:
+        queries.board_get(actor=token_actor(token), key=key, at_least=Role.EDITOR)
+    except FluxError as error:
+        return problem(
+            request,
+            status=error.status,
+            title=error.title,
+            detail=error.message,
+            slug=error.slug,
+            **error.details,
+        )
+    return None
 
 
 def _problem(status: int, title: str, detail: str) -> JsonResponse:
@@ -437,3 +490,13 @@ def _mark_database_unavailable(sender, request: HttpRequest | None = None, **kwa
 
 
 got_request_exception.connect(_mark_database_unavailable, dispatch_uid="flux-database-away")
+
+
+def _end_live_streams(sender, request: HttpRequest | None = None, **kwargs) -> None:
+    """A logout ends that session's live streams in every process, at once."""
+    session = getattr(request, "session", None)
+    if session is not None:
+        live.session_ended(session.session_key)
+
+
+user_logged_out.connect(_end_live_streams, dispatch_uid="flux-live-logout")

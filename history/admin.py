@@ -3,6 +3,7 @@
 import json
 
 from django.contrib import admin
+from django.core.exceptions import PermissionDenied
 from django.template.response import TemplateResponse
 from django.urls import path
 from django.utils.html import format_html
@@ -11,11 +12,14 @@ from activity.models import Event
 from boards.models import Board
 from history.replay import board_verify
 
+VERIFY_PERMISSION = "activity.verify_event"
+
 
 @admin.register(Event)
 class EventAdmin(admin.ModelAdmin):
     list_display = [
-        "id", "occurred_at", "board", "seq", "kind", "card_ref", "actor_name", "source",
+        "id", "occurred_at", "board", "seq", "kind", "card_ref", "actor_name", "via",
+        "source",
     ]  # fmt: skip
     list_filter = ["board", "kind", "source", ("occurred_at", admin.DateFieldListFilter)]
     search_fields = ["actor_name", "kind"]
@@ -26,6 +30,7 @@ class EventAdmin(admin.ModelAdmin):
         "occurred_at",
         "actor",
         "actor_name",
+        "via",
         "source",
         "board",
         "card",
@@ -46,7 +51,11 @@ class EventAdmin(admin.ModelAdmin):
         return [path("verify/", verify, name="activity_event_verify"), *super().get_urls()]
 
     def verify_view(self, request):
-        """Verify the log now (every board, or `?board=KEY`): chain, replay, snapshots."""
+        """Verify the log now (every board, or `?board=KEY`): chain, replay, snapshots. A full
+        replay of every board per request: only for who holds `activity.verify_event` (and
+        superusers); other staff get 403."""
+        if not request.user.has_perm(VERIFY_PERMISSION):
+            raise PermissionDenied("Verifying the activity log needs its own permission.")
         boards = Board.objects.order_by("key")
         if key := request.GET.get("board", "").strip().upper():
             boards = boards.filter(key=key)

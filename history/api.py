@@ -17,7 +17,8 @@ class EventOut(Schema):
     id: int
     occurred_at: datetime.datetime
     kind: str
-    actor: str
+    actor: str = Field(description="The person (or system actor) who made the change.")
+    via: str = Field(description="The API token that acted for them; empty if none.")
     source: str
     card: str | None
     payload: dict
@@ -53,6 +54,7 @@ def event_list(request: FluxRequest, key: str, page: Query[EventQuery]):
                 occurred_at=event.occurred_at,
                 kind=event.kind,
                 actor=event.actor_name,
+                via=event.via,
                 source=event.source,
                 card=f"{board.key}-{event.card.number}" if event.card is not None else None,
                 payload=event.payload,

@@ -1,19 +1,21 @@
 """Rebuild a board's state at any moment from its events alone (invariant 3, docs/architecture.md).
 
 A board's events are applied in chain order (`Event.seq`, the board's commit order; events
-from before the chain, without a seq, come first in id order). "The board at time T" is the
+from before the chain, without a seq, come first in id order, and only those sealed as the
+board's legacy events: any other seq-less row was written past the application and is not
+the board's history, see activity.chain). "The board at time T" is the
 board after the last event recorded at or before T, so it is always a state the board really
 passed through. `board_state_present` reads the boards tables into the same dataclasses, so
 `board_state_diff(replayed, present)` lists every difference (`manage.py verify_activity`).
 
 Snapshots (`BoardSnapshot`, append-only rows) hold the replayed state after some event; a
 replay starts from the newest one at or before its target and applies only the events after
-it. A replay that had to apply `SNAPSHOT_EVERY` or more events writes one at its target, so
-they appear where people look; `snapshots_catch_up` writes them every `SNAPSHOT_EVERY`
-events for a whole board. A snapshot is only an accelerator: it names the hash of the event
-it stands after, is ignored when that event's hash differs, and `verify_activity` checks each
-against a replay from zero. A change of the state's shape bumps `FORMAT`, which leaves older
-snapshots unused.
+it. Reading never writes: `snapshots_catch_up` writes them every `SNAPSHOT_EVERY` events for
+a whole board (`verify_activity --snapshots`, after the board verifies); a caller that is not
+serving a request may ask `board_replay(write_snapshot=True)` to keep its target. A snapshot
+is only an accelerator: it names the hash of the event it stands after, is ignored when that
+event's hash differs, and `verify_activity` checks each against a replay from zero. A change
+of the state's shape bumps `FORMAT`, which leaves older snapshots unused.
 """
 
 import datetime
@@ -25,6 +27,7 @@ from django.contrib.auth import get_user_model
 from django.db.models import Max
 
 from activity import events
+from activity.chain import legacy_ids
 from activity.events import EventKind
 from activity.models import ChainHead, Event
 from history.models import BoardSnapshot
@@ -279,9 +282,32 @@ def _card_moved(state: BoardState, p: events.CardMoved, row: Row) -> None:
     card.column_id, card.rank = to["column_id"], to["rank"]
     if p.entered_column_at is not None:
         card.entered_column_at = _time(p.entered_column_at)
-    for other_id, rank in p.rebalanced.items():
+    for other_id, rank in p.rebalanced.items():  # events from before `respread`
         state.cards[int(other_id)].rank = rank
+    if p.respread:
+        _respread(state, card)
     _touched(card, p, row[4])
+
+
+def _respread(state: BoardState, card: CardState) -> None:
+    """The move's re-spread, as `boards.services.moves` made it: the column's other open
+    cards in their order, around this card at its new place, take `ranks_spread` in turn."""
+    others = sorted(
+        (
+            other
+            for other in state.cards.values()
+            if other.column_id == card.column_id and not other.archived and other is not card
+        ),
+        key=lambda other: other.rank,
+    )
+    from boards.ranking import ranks_spread  # here: the rest of this module needs no boards
+
+    fresh = ranks_spread(count=len(others) + 1)
+    if card.rank not in fresh:
+        raise events.MalformedEvent(f"a re-spread move's card rank {card.rank!r} is not a spread")
+    fresh.remove(card.rank)  # the card's own (its `to.rank`), at its place in the order
+    for other, rank in zip(others, fresh, strict=True):
+        other.rank = rank
 
 
 def _card_archived(state: BoardState, p: events.CardArchived, row: Row) -> None:
@@ -385,14 +411,17 @@ def events_between(
     legacy_until: datetime.datetime | None = None,
     legacy: bool = True,
 ) -> Iterator[Row]:
-    """The board's event rows in chain order: legacy ones (no seq) first when `after_seq` is 0
-    (up to `legacy_until` if the target is before the chain), then seqs after..upto."""
+    """The board's event rows in chain order: its sealed legacy ones (no seq) first when
+    `after_seq` is 0 (up to `legacy_until` if the target is before the chain), then seqs
+    after..upto. A seq-less row that is not sealed legacy is foreign: never yielded."""
     board_events = Event.objects.filter(board_id=board_id)
     if after_seq == 0 and legacy:
-        unchained = board_events.filter(seq__isnull=True)
+        sealed = legacy_ids(board_id=board_id)
+        unchained = board_events.filter(seq__isnull=True, id__gt=0)
         if upto_seq == 0 and legacy_until is not None:
             unchained = unchained.filter(occurred_at__lte=legacy_until)
-        yield from unchained.order_by("id").values_list(*EVENT_FIELDS).iterator(chunk_size=5000)
+        rows = unchained.order_by("id").values_list(*EVENT_FIELDS).iterator(chunk_size=5000)
+        yield from (row for row in rows if sealed(row[7]))
     if upto_seq > after_seq:
         chained = board_events.filter(seq__gt=after_seq, seq__lte=upto_seq).order_by("seq")
         yield from chained.values_list(*EVENT_FIELDS).iterator(chunk_size=5000)
@@ -404,11 +433,13 @@ def board_replay(
     at: datetime.datetime | None = None,
     seq: int | None = None,
     use_snapshots: bool = True,
-    write_snapshot: bool = True,
+    write_snapshot: bool = False,
 ) -> BoardState:
     """The board as it was after its event `seq`, or at time `at`, or now; from its events
     alone (and a snapshot of them, unless `use_snapshots` is False). BoardNotReplayable if
-    the board did not exist yet."""
+    the board did not exist yet. Writes nothing unless `write_snapshot` (never from a page
+    view: a GET does not write), which keeps a snapshot at the target when the replay had
+    to apply `SNAPSHOT_EVERY` or more events."""
     if seq is None:
         seq = seq_at(board_id=board_id, at=at) if at is not None else seq_latest(board_id=board_id)
     state, base = None, 0

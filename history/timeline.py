@@ -13,9 +13,11 @@ Decisions made here:
 """
 
 import datetime
+import re
 from dataclasses import dataclass
 
 from django.contrib.auth import get_user_model
+from django.core.exceptions import ValidationError
 from django.db.models import Q, QuerySet
 from django.utils.dateparse import parse_date, parse_datetime
 
@@ -26,6 +28,7 @@ from activity.log import Actor
 from activity.models import Event
 from boards.errors import NotFoundError
 from boards.models import USERNAME_MAX_LENGTH, Board, LabelKind, Membership
+from boards.problems import text_refusal
 from boards.queries import boards_visible, ref_parse
 from history.replay import (
     BoardNotReplayable,
@@ -175,7 +178,8 @@ def travel_page_read(*, board: Board, at: datetime.datetime | None, event_id: in
             step = events.filter(seq=seq).first()
     context: dict = {"board": board, "at": at, "at_iso": moment_format(at), "latest": latest}
     try:
-        then = board_replay(board_id=board.pk, seq=seq) if seq else None
+        # A page view only reads: snapshots are written by verify_activity --snapshots.
+        then = board_replay(board_id=board.pk, seq=seq, write_snapshot=False) if seq else None
     except BoardNotReplayable:
         then = None
     context["step"] = step
@@ -246,6 +250,13 @@ def _travel_columns(state: BoardState, changes: list) -> list[TravelColumn]:
 # --- Feeds --------------------------------------------------------------------------------------
 
 
+# The days a feed can be filtered to: an event's time is stored in these years, and the day
+# after the last is still a date (`until` filters up to the end of its day).
+FEED_DAYS = (datetime.date(1970, 1, 1), datetime.date(9998, 12, 31))
+# A card number in the filter: ASCII digits, few enough to fit any integer column.
+FEED_CARD_NUMBER = re.compile(r"[0-9]{1,9}")
+
+
 @dataclass(frozen=True)
 class FeedFilter:
     person: str = ""
@@ -256,20 +267,39 @@ class FeedFilter:
 
     @classmethod
     def parse(cls, query) -> "FeedFilter":
-        def day(name):
+        """The filters asked for. A value that is not one (a misspelt kind, "yesterday") is
+        dropped; text that cannot be stored or a day outside FEED_DAYS is refused with a
+        ValidationError that says so (a 422 page), never passed on to the database."""
+        errors: dict[str, str] = {}
+
+        def text(name: str, most: int) -> str:
+            value = str(query.get(name) or "")
+            if (reason := text_refusal(value)) is not None:
+                errors[name] = f"The {name} filter {reason}."
+                return ""
+            return value.strip()[:most]
+
+        def day(name: str) -> datetime.date | None:
             try:
-                return parse_date((query.get(name) or "").strip()[:10])
+                found = parse_date(text(name, 10))
             except ValueError:
                 return None
+            if found is not None and not FEED_DAYS[0] <= found <= FEED_DAYS[1]:
+                errors[name] = f"The {name} date must be between {FEED_DAYS[0]} and {FEED_DAYS[1]}."
+                return None
+            return found
 
-        kind = (query.get("kind") or "").strip()
-        return cls(
-            person=(query.get("person") or "").strip()[:USERNAME_MAX_LENGTH],
+        kind = text("kind", 40)
+        filters = cls(
+            person=text("person", USERNAME_MAX_LENGTH),
             kind=kind if kind in KIND_NAMES else "",
-            card=(query.get("card") or "").strip()[:20],
+            card=text("card", 20),
             since=day("since"),
             until=day("until"),
         )
+        if errors:
+            raise ValidationError(errors)
+        return filters
 
     @property
     def active(self) -> bool:
@@ -289,12 +319,14 @@ class FeedFilter:
 
     def apply(self, events: QuerySet[Event], *, board: Board | None) -> QuerySet[Event]:
         if self.person:
-            events = events.filter(Q(actor__username=self.person) | Q(actor_name=self.person))
+            events = events.filter(
+                Q(actor__username=self.person) | Q(actor__isnull=True, actor_name=self.person)
+            )
         if self.kind:
             events = events.filter(kind=self.kind)
         if self.card and board is not None:
             number = None
-            if self.card.isdigit():
+            if FEED_CARD_NUMBER.fullmatch(self.card):
                 number = int(self.card)
             elif (ref := ref_parse(self.card)) is not None and ref[0] == board.key:
                 number = ref[1]
@@ -334,6 +366,9 @@ def user_get_visible(*, actor: Actor, username: str):
     """A person whose activity the actor may see: themself, or someone on a board they share
     (staff: anyone). NotFoundError otherwise, so names cannot be probed."""
     User = get_user_model()
+    # A name no one can have (NUL, which PostgreSQL refuses in a query; too long) is no one's.
+    if text_refusal(username) is not None or len(username) > USERNAME_MAX_LENGTH:
+        raise NotFoundError("No such person.")
     person = User.objects.filter(username=username).first()
     if person is None or actor.user is None or not actor.user.is_authenticated:
         raise NotFoundError("No such person.")

@@ -402,7 +402,7 @@ def hostile(transactional_db, alice, bob, staff):
     services.card_label_add(actor=as_actor(bob), card_id=card.pk, label_id=label.pk)
     services.comment_add(actor=as_actor(bob), card_id=card.pk, body=f"{SCRIPT} {IMG}")
     services.deployment_record(
-        actor=Actor(user=bob, source=Source.API, name="ci"),
+        actor=Actor(user=bob, source=Source.API, via="ci"),
         board_id=board.pk,
         version="<b>1</b>",
         environment="production",
@@ -495,3 +495,44 @@ def test_a_formula_in_a_title_is_neutralised_in_the_csv(transactional_db, alice)
     assert isinstance(response, StreamingHttpResponse)
     text = response.getvalue().decode()
     assert '=HYPERLINK("http' not in text.replace("'=HYPERLINK", "")
+
+
+# --- Caller-chosen request ids -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "incoming",
+    [
+        "x" * 65,
+        "two words",
+        "line\nbreak",
+        "<script>alert(1)</script>",
+        "caf\u00e9",
+        "../../etc/passwd;rm",
+        '"quoted"',
+    ],
+)
+def test_an_unsafe_request_id_is_never_stored_on_events(client, board, bob, incoming):
+    """Only a short token of [A-Za-z0-9._:-] is kept; anything else is replaced by a fresh id
+    before any event is written, and that is what the response echoes."""
+    client.force_login(bob)
+    response = client.post(
+        f"/b/PAY/columns/{column(board, 'To Do').pk}/cards",
+        {"title": "Traced"},
+        headers={"HX-Request": "true", "X-Request-ID": incoming},
+    )
+    assert response.status_code == 200
+    stored = Event.objects.get(card__title="Traced").request_id
+    assert stored != incoming
+    assert re.fullmatch(r"[0-9a-f]{32}", stored)
+    assert response["X-Request-ID"] == stored
+
+
+def test_a_safe_request_id_is_kept_on_events(client, board, bob):
+    client.force_login(bob)
+    client.post(
+        f"/b/PAY/columns/{column(board, 'To Do').pk}/cards",
+        {"title": "Traced"},
+        headers={"HX-Request": "true", "X-Request-ID": "ci-42.step_7"},
+    )
+    assert Event.objects.get(card__title="Traced").request_id == "ci-42.step_7"

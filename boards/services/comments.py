@@ -27,6 +27,7 @@ def comment_add(*, actor: Actor, card_id: int, body: str) -> Comment:
     comment = Comment.objects.create(
         card=card,
         author=actor.user if actor.user and actor.user.is_authenticated else None,
+        # The person, never the token acting for them (the comment's event names the token).
         author_name=actor.display_name,
         body=body,
         created_at=clock.now(),

@@ -133,7 +133,7 @@ def card_move(
     before = card_place(card)
     card.column = to_column
     card.rank = rank_between(before=lower, after=upper)
-    rebalanced = _rebalance_if_crowded(card=card)
+    respread = _rebalance_if_crowded(card=card)
     if changed_column:
         card.entered_column_at = clock.now()
     card_bump(card, "column", "rank", *(["entered_column_at"] if changed_column else []))
@@ -141,7 +141,7 @@ def card_move(
         from_=before,
         to=card_place(card),
         entered_column_at=card.entered_column_at.isoformat(),
-        rebalanced=rebalanced,
+        respread=respread,
         deployment_id=deployment_id,
         **card_change(card),
     )
@@ -232,10 +232,12 @@ def _card_locked_for_move(
     )
 
 
-def _rebalance_if_crowded(*, card: Card) -> dict[str, str]:
-    """Re-spread the column's ranks when the new key got long; {card id: new rank} or {}."""
+def _rebalance_if_crowded(*, card: Card) -> bool:
+    """Re-spread the column's ranks when the new key got long: its open cards, in order, take
+    `ranks_spread` in turn. True if it did (the event says only that: replay recomputes the
+    same ranks from the column's order, see `events.CardMoved.respread`)."""
     if not rank_needs_rebalance(card.rank):
-        return {}
+        return False
     # Lock the rows to rewrite (in id order, like every other locker of many cards): a card
     # moving out of the column meanwhile is waited for, then no longer matches.
     locked = (
@@ -254,4 +256,4 @@ def _rebalance_if_crowded(*, card: Card) -> dict[str, str]:
         other.rank = other.rank[1:]
     Card.objects.bulk_update(others, ["rank"])
     card.rank = fresh[position]
-    return {str(other.pk): other.rank for other in others}
+    return True

@@ -5,6 +5,7 @@ from datetime import date, datetime
 from django import template
 from django.utils import timezone
 
+from activity.describe import event_actor
 from boards.models import LABEL_NAME_MAX_LENGTH, TITLE_MAX_LENGTH
 
 register = template.Library()
@@ -43,3 +44,10 @@ def initials(user) -> str:
     name = name.strip()
     parts = name.split()
     return (parts[0][0] + parts[-1][0] if len(parts) > 1 else name[:2]).upper()
+
+
+@register.filter
+def who(event) -> str:
+    """Who made an event (or a deployment) happen: "maya", or "maya via token deploy-bot"
+    (`activity.describe.actor_label`, the one rule every surface uses)."""
+    return event_actor(event)

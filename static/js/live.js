@@ -1,7 +1,8 @@
 // Live board: other people's changes arrive over Server-Sent Events (the htmx SSE extension)
 // and only the columns they touched are fetched again. The user's scroll position, open
 // dialog, focus and a drag in progress are left alone; a change made in this tab is skipped,
-// since this tab has already drawn it. When no stream can be opened, the page polls instead.
+// since this tab has already drawn it (the stream, given this tab's id, marks those `mine`; the
+// id itself is never sent to anyone). When no stream can be opened, the page polls instead.
 "use strict";
 
 (() => {
@@ -42,6 +43,7 @@
   htmx.createEventSource = (url) => {
     const target = new URL(url, window.location.href);
     target.searchParams.set("last", String(last));
+    target.searchParams.set("client", clientId);
     return new EventSource(target.toString(), { withCredentials: true });
   };
 
@@ -80,7 +82,7 @@
   function receive(change) {
     if (change.id > last) last = change.id;
     live.dataset.last = String(last);
-    if (change.client && change.client === clientId) return;
+    if (change.mine) return;
     pending.push(change);
     schedule(120);
   }

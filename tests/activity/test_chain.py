@@ -21,19 +21,20 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 def behind_the_apps_back(sql: str, params=()) -> None:
     """What a database superuser can do: switch the triggers off for one transaction."""
+    from activity import dbtriggers
+
     with transaction.atomic(), connection.cursor() as cursor:
         if connection.vendor == "postgresql":
             cursor.execute("SET LOCAL session_replication_role = replica")
             cursor.execute(sql, params)
         else:
-            cursor.execute("DROP TRIGGER IF EXISTS activity_event_no_update")
-            cursor.execute("DROP TRIGGER IF EXISTS activity_event_no_delete")
+            for statement in dbtriggers.SQLITE:
+                if statement.startswith("DROP"):
+                    cursor.execute(statement)
             cursor.execute(sql, params)
     if connection.vendor == "sqlite":
-        from activity import dbtriggers
-
         with connection.cursor() as cursor:
-            for statement in dbtriggers.SQLITE_EVENT:
+            for statement in dbtriggers.SQLITE:
                 cursor.execute(statement)
 
 

@@ -13,7 +13,7 @@ from activity.events import EventKind
 from activity.log import Actor
 from activity.models import Event
 from boards import services
-from boards.models import ApiToken, Card, Label
+from boards.models import ApiToken, Card, Label, Role
 from boards.tokens import token_create, token_revoke
 from tests.conftest import as_actor, column, column_titles, make_card
 
@@ -109,7 +109,8 @@ def test_a_token_acts_under_its_name_and_source_api(api, board):
     assert response.status_code == 201
     event = Event.objects.get(kind=EventKind.CARD_CREATED)
     assert event.actor is not None
-    assert (event.actor_name, event.source, event.actor.username) == ("bob-ci", "api", "bob")
+    assert (event.actor_name, event.via, event.source) == ("bob", "bob-ci", "api")
+    assert event.actor.username == "bob"
 
 
 def test_a_token_for_board_a_cannot_read_or_touch_board_b(board, bob, alice):
@@ -533,3 +534,33 @@ def test_deployment_times_outside_the_calendar_flux_keeps_are_refused(api, board
         api.post("/deployments", deployment(cards=[card.ref], finished_at=finished_at)), 422
     )
     assert not Event.objects.filter(kind=EventKind.DEPLOYMENT_RECORDED).exists()
+
+
+@pytest.mark.parametrize("route", ["create", "move", "deploy"])
+@pytest.mark.parametrize("lost", ["removed", "viewer"])
+def test_a_replay_is_refused_once_the_caller_lost_access_to_the_board(
+    api, board, alice, bob, route, lost
+):
+    """The stored answer is only for someone who may still make the request: the route's
+    own access check is made again, and a caller who lost access gets the route's answer."""
+    card = make_card(board, title="a")
+    path, body, status = {
+        "create": ("/boards/PAY/cards", {"title": "Retried"}, 201),
+        "move": (f"/cards/{card.ref}/move", {"to": "In Progress"}, 200),
+        "deploy": ("/deployments", deployment(cards=[card.ref]), 201),
+    }[route]
+    first = api.post(path, body, key="retry-me")
+    assert first.status_code == status
+    assert api.post(path, body, key="retry-me")["Idempotent-Replay"] == "true"
+    if lost == "removed":
+        services.membership_remove(actor=Actor(user=alice), board_id=board.pk, user_id=bob.pk)
+    else:
+        services.membership_set(
+            actor=Actor(user=alice), board_id=board.pk, user_id=bob.pk, role=Role.VIEWER
+        )
+    replayed = api.post(path, body, key="retry-me")
+    fresh = api.post(path, body, key="a-new-key")
+    assert replayed.status_code == fresh.status_code
+    assert replayed.status_code in (403, 404)
+    assert replayed.json() == fresh.json()
+    assert "Idempotent-Replay" not in replayed

@@ -415,7 +415,7 @@ def test_the_move_service_takes_any_ids(board, bob):
 
 
 def test_a_deployment_record_takes_any_text(board, bob):
-    actor = Actor(user=bob, source=Source.API, name="ci")
+    actor = Actor(user=bob, source=Source.API, via="ci")
     card = make_card(board, title="Ship")
 
     @FUZZ

@@ -34,7 +34,7 @@ from activity.log import Actor
 from activity.models import Event
 from boards import services
 from boards.models import Role
-from tests.conftest import as_actor, column, make_card
+from tests.conftest import as_actor, column, make_card, make_user
 
 pytestmark = pytest.mark.usefixtures("transactional_db")
 
@@ -412,22 +412,30 @@ def _thread_count(pid: int) -> int:
 def test_one_process_holds_hundreds_of_idle_streams_without_a_thread_each(
     app_server, board, alice, bob, live_channel
 ):
-    """Each stream is a coroutine and a queue: threads stay flat, and a change reaches all."""
+    """Each stream is a coroutine and a queue: threads stay flat, and a change reaches all.
+    (Ten viewers with as many streams each as one user may hold.)"""
     streams = 200
-    session = session_of(alice)
+    viewers = [make_user(f"viewer{n}") for n in range(streams // live.STREAMS_PER_USER)]
+    for viewer_user in viewers:
+        services.membership_set(
+            actor=as_actor(alice), board_id=board.pk, user_id=viewer_user.pk, role=Role.VIEWER
+        )
+    requests = [
+        (
+            f"GET /b/PAY/live/ HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n"
+            f"Cookie: sessionid={session_of(viewer_user)}\r\n\r\n"
+        ).encode()
+        for viewer_user in viewers
+    ]
     threads_before = _thread_count(app_server.process.pid)
-    request = (
-        f"GET /b/PAY/live/ HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n"
-        f"Cookie: sessionid={session}\r\n\r\n"
-    ).encode()
     card = make_card(board, title="Fan out")
     received: list[int] = []
     opened = threading.Event()
     go = threading.Event()
 
-    async def viewer(reader_writers):
+    async def viewer(reader_writers, n):
         reader, writer = await asyncio.open_connection("127.0.0.1", app_server.port)
-        writer.write(request)
+        writer.write(requests[n % len(requests)])
         await writer.drain()
         await reader.readuntil(b"retry: 2000\n\n")
         reader_writers.append(writer)
@@ -444,7 +452,7 @@ def test_one_process_holds_hundreds_of_idle_streams_without_a_thread_each(
         writers: list = []
         readers = []
         for batch in range(0, streams, 50):
-            readers += await asyncio.gather(*(viewer(writers) for _ in range(batch, batch + 50)))
+            readers += await asyncio.gather(*(viewer(writers, n) for n in range(batch, batch + 50)))
         opened.set()
         await asyncio.get_running_loop().run_in_executor(None, go.wait)
         try:
@@ -502,3 +510,43 @@ def test_without_redis_the_hub_carries_committed_changes_within_the_process(sett
     loop_thread.join(30)
     assert received[0]["kind"] == EventKind.CARD_MOVED
     assert received[0]["text"] == f"bob moved {card.ref} from To Do to In Review"
+
+
+def test_a_tab_id_is_never_sent_to_viewers_and_only_its_own_tab_is_told_mine(
+    app_server, board, alice, bob, open_stream, live_channel
+):
+    """X-Flux-Client is the caller's to choose: viewers see only `mine`, worked out on the
+    server for their own stream, so no one learns a tab id or can make another tab skip."""
+    from activity import log as activity_log
+
+    card = make_card(board, title="Whose change?")
+    bobs_tab = "tab-of-bob-1"
+    bobs = Stream(app_server, f"/b/PAY/live/?client={bobs_tab}", session=session_of(bob))
+    alices = open_stream(app_server, alice)
+    try:
+        assert (bobs.status, alices.status) == (200, 200)
+        live_channel.wait_for_subscribers(1)
+
+        def move_as(user, tab: str, to: str) -> None:
+            token = activity_log.client_id.set(tab)
+            try:
+                services.card_move(
+                    actor=as_actor(user),
+                    card_id=card.pk,
+                    to_column_id=column(board, to).pk,
+                    expected_version=None,
+                )
+            finally:
+                activity_log.client_id.reset(token)
+
+        move_as(bob, bobs_tab, "In Progress")  # bob's own tab
+        move_as(alice, bobs_tab, "In Review")  # alice, claiming to be bob's tab
+        [own, forged] = bobs.changes(2)
+        assert own.json["mine"] is True
+        assert forged.json["mine"] is False
+        for message in [own, forged, *alices.changes(2)]:
+            assert bobs_tab not in message.data
+            assert "client" not in message.json
+        assert [m.json["mine"] for m in (own, forged)] == [True, False]
+    finally:
+        bobs.close()

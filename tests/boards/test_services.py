@@ -343,7 +343,7 @@ def test_a_crowded_gap_is_rebalanced_and_order_stays_strict(seeded, bob):
     ranks = list(Card.objects.filter(board=board).values_list("rank", flat=True))
     assert len(set(ranks)) == len(ranks)
     assert max(len(r) for r in ranks) <= 49
-    rebalances = Event.objects.filter(kind=EventKind.CARD_MOVED, payload__has_key="rebalanced")
+    rebalances = Event.objects.filter(kind=EventKind.CARD_MOVED, payload__has_key="respread")
     assert rebalances.exists()
 
 

@@ -6,6 +6,7 @@ import io
 import tracemalloc
 
 import pytest
+from django.db import transaction
 from django.http import StreamingHttpResponse
 from django.test import Client
 from django.utils import timezone
@@ -49,13 +50,13 @@ def deployed(board, bob, alice):
         services.card_label_add(actor=as_actor(bob), card_id=hostile.pk, label_id=label.pk)
     with clock.frozen_at(DEPLOYED):
         services.deployment_record(
-            actor=Actor(user=bob, source=Source.API, name="ci"), board_id=board.pk, version="-1+1",
+            actor=Actor(user=bob, source=Source.API, via="ci"), board_id=board.pk, version="-1+1",
             environment="production", status="success", card_numbers=[hostile.number, plain.number],
             commits=[services.Commit(sha="abc1234", timestamp=COMMITTED)],
         )  # fmt: skip
     with clock.frozen_at(DEPLOYED + datetime.timedelta(hours=1)):
         services.deployment_record(
-            actor=Actor(user=bob, source=Source.API, name="ci"), board_id=board.pk, version="2",
+            actor=Actor(user=bob, source=Source.API, via="ci"), board_id=board.pk, version="2",
             environment="production", status="failed", card_numbers=[],
         )  # fmt: skip
         other = services.board_create(actor=as_actor(alice), name="Secret", key="SEC")
@@ -79,7 +80,7 @@ def test_one_row_per_card_deployment_with_every_column(deployed, bob):
     assert first["service_name"] == "Payments"
     assert first["environment"] == "production"
     assert first["source"] == "api"
-    assert first["actor"] == "ci"
+    assert first["actor"] == "bob via token ci"
     assert first["commit_shas"] == "abc1234"
     assert first["created_at"] == "2026-03-02T09:00:00.250000Z"
     assert first["started_at"] == ""  # never in In Progress
@@ -120,11 +121,12 @@ def test_a_large_export_streams_in_flat_memory(board, bob):
     """100,000 rows cost no more memory than 10,000: rows are streamed, never collected."""
     cards = [make_card(board, title=f"card {i}", column_name="Staging") for i in range(100)]
     now = timezone.now()
-    events = Event.objects.bulk_create(
-        Event(occurred_at=now, actor_name="ci", source="api", board=board,
-              kind="deployment.imported", payload={})
-        for _ in range(1000)
-    )  # fmt: skip
+    with transaction.atomic():  # each event joins the board's chain (no raw bulk insert)
+        events = [
+            Event.objects.create(occurred_at=now, actor_name="ci", source="api", board=board,
+                                 kind="deployment.imported", payload={})
+            for _ in range(1000)
+        ]  # fmt: skip
     deployments = Deployment.objects.bulk_create(
         Deployment(event=e, board=board, kind="ci", version=f"v{i}", environment="production",
                    status="success", deployed_at=now, source="api", actor_name="ci")
@@ -216,7 +218,7 @@ def test_postgresql_copy_writes_the_same_bytes_as_the_python_writer(
     card = make_card(deployed, title='\tTabbed\r\nand\n"quoted"\n', column_name="Staging")
     other = make_card(deployed, title="+plain, with comma", column_name="Staging")
     services.deployment_record(
-        actor=Actor(user=bob, source=Source.API, name="=ci"), board_id=deployed.pk, version="@v3",
+        actor=Actor(user=bob, source=Source.API, via="=ci"), board_id=deployed.pk, version="@v3",
         environment="staging", status="success", card_numbers=[card.number, other.number],
         commits=[services.Commit(sha="-abc", timestamp=timezone.now()),
                  services.Commit(sha="def", timestamp=None)],

@@ -45,7 +45,7 @@ class Story:
     def __init__(self, board, user):
         self.board = board
         self.actor = as_actor(user)
-        self.ci = Actor(user=user, source=Source.API, name="ci")
+        self.ci = Actor(user=user, source=Source.API, via="ci")
 
     def create(self, moment, title, column_name="To Do"):
         with clock.frozen_at(moment):

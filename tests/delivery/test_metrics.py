@@ -34,7 +34,7 @@ def history(board, bob):
     C goes back to In Progress at d4 09h (rework).
     """
     actor = as_actor(bob)
-    ci = Actor(user=bob, source=Source.API, name="ci")
+    ci = Actor(user=bob, source=Source.API, via="ci")
 
     def step(moment, call):
         with clock.frozen_at(moment):

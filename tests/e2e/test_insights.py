@@ -24,7 +24,7 @@ CHARTS = ["frequency", "cycle", "flow", "aging"]
 def shipped(payments: Board) -> Board:
     """PAY with three weeks of history: three releases (one failing first) and work under way."""
     bob = payments.memberships.get(user__username="bob").user
-    actor, ci = Actor(user=bob), Actor(user=bob, source=Source.API, name="ci")
+    actor, ci = Actor(user=bob), Actor(user=bob, source=Source.API, via="ci")
     start = timezone.now() - datetime.timedelta(days=21)
 
     def at(day: float) -> datetime.datetime:
