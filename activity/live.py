@@ -168,14 +168,16 @@ def client_tag(user_id: int | None, client: str) -> str:
     that no stream of that person matches, and no viewer ever sees a tab id."""
     if not client or user_id is None:
         return ""
-    return salted_hmac("flux.live.client", f"{user_id}:{client}").hexdigest()[:32]
+    return salted_hmac("flux.live.client", f"{user_id}:{client}", algorithm="sha256").hexdigest()[
+        :32
+    ]
 
 
 def session_tag(session_key: str | None) -> str:
     """A session's name on the live channel (never the key itself)."""
     if not session_key:
         return ""
-    return salted_hmac("flux.live.session", session_key).hexdigest()[:32]
+    return salted_hmac("flux.live.session", session_key, algorithm="sha256").hexdigest()[:32]
 
 
 def for_viewer(message: dict, *, client: str = "") -> dict:
