@@ -112,7 +112,7 @@ lock: $(VENV)/.installed
 	$(VENV)/bin/uv pip compile pyproject.toml --group dev --python-version 3.13 --generate-hashes -q -o requirements-dev.lock
 
 clean:
-	rm -rf $(VENV) staticfiles .pytest_cache .ruff_cache
+	rm -rf $(VENV) staticfiles .pytest_cache .ruff_cache .mypy_cache
 
 # The benchmark harness (bench/): its own database, a production-like server, var/bench.json.
 # QUICK=1 for a run under two minutes. BENCH_DATABASE_URL / BENCH_REDIS_URL override the defaults.

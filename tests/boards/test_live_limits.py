@@ -15,6 +15,7 @@ import pytest
 import redis
 from django.conf import settings
 from django.contrib.sessions.models import Session
+from django.db import connection
 from django.test import Client
 
 from activity import live
@@ -238,7 +239,23 @@ def _redis_connections(pid: int) -> int:
 
 
 def _fds(pid: int) -> int:
-    return len(os.listdir(f"/proc/{pid}/fd"))
+    """Open files other than the database pool's connections: the pool is bounded by design
+    (DB_POOL_MAX_SIZE) and grows lazily to what the load asks of it, so it is counted apart."""
+    return len(os.listdir(f"/proc/{pid}/fd")) - _db_connections(pid)
+
+
+def _db_connections(pid: int) -> int:
+    """The process's TCP connections to the database's port."""
+    inodes, port = _socket_inodes(pid), int(connection.settings_dict["PORT"] or 5432)
+    count = 0
+    for table in (f"/proc/{pid}/net/tcp", f"/proc/{pid}/net/tcp6"):
+        with open(table) as lines:
+            next(lines)
+            for line in lines:
+                fields = line.split()
+                if fields[9] in inodes and int(fields[2].rsplit(":", 1)[1], 16) == port:
+                    count += 1
+    return count
 
 
 def _settled(pid: int, baseline: tuple[int, int], timeout: float = 60.0) -> tuple[int, int]:
@@ -280,3 +297,5 @@ def test_opening_and_closing_500_streams_leaks_no_redis_connection_or_file(fast_
     print(f"redis connections, fds: before {baseline}, after 500 streams {after}")
     assert after[0] <= baseline[0], f"Redis connections {baseline[0]} -> {after[0]}"
     assert after[1] <= baseline[1], f"open files {baseline[1]} -> {after[1]}"
+    # ...and the database connections stay within the pool's bound (the server's default).
+    assert _db_connections(pid) <= int(os.environ.get("DB_POOL_MAX_SIZE", "10"))
