@@ -191,8 +191,8 @@ def _http_error(request, error: HttpError):
     )
 
 
-@api.exception_handler(FluxError)
-def _service_refusal(request, error: FluxError):
+def refusal_problem(request, error: FluxError):
+    """A service's refusal as problem+json: the error's own status, title and message."""
     return problem(
         request,
         status=error.status,
@@ -201,6 +201,9 @@ def _service_refusal(request, error: FluxError):
         slug=error.slug,
         **error.details,
     )
+
+
+api.exception_handler(FluxError)(refusal_problem)
 
 
 def _mount() -> None:

@@ -334,19 +334,12 @@ def _replay_refused(request: HttpRequest, token: ApiToken) -> HttpResponse | Non
     key = _replay_board_key(request)
     if key == "":
         return None
-    from flux.api import problem  # the API's problem+json (it imports this module's neighbours)
+    from flux.api import refusal_problem  # (flux.api imports this module's neighbours)
 
     try:
         queries.board_get(actor=token_actor(token), key=key, at_least=Role.EDITOR)
     except FluxError as error:
-        return problem(
-            request,
-            status=error.status,
-            title=error.title,
-            detail=error.message,
-            slug=error.slug,
-            **error.details,
-        )
+        return refusal_problem(request, error)
     return None
 
 

@@ -3,20 +3,17 @@ replay does not apply them (security review: a plain INSERT of a forged deployme
 
 import importlib
 import json
-from io import StringIO
 from types import SimpleNamespace
 
 import pytest
 from django.apps import apps
-from django.core.management import call_command
-from django.core.management.base import CommandError
 from django.db import DatabaseError, IntegrityError, connection, transaction
 
 from activity import events
 from activity.chain import chain_verify
 from activity.models import ChainHead, Event, LegacySeal
 from history.replay import board_replay, board_verify, events_between, seq_latest
-from tests.activity.test_chain import behind_the_apps_back
+from tests.activity.test_chain import behind_the_apps_back, verify_output
 from tests.conftest import column, make_card
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -52,15 +49,6 @@ def raw(sql: str, params) -> None:
     """A plain statement, triggers on: what any role with INSERT on the table can do."""
     with transaction.atomic(), connection.cursor() as cursor:
         cursor.execute(sql, params)
-
-
-def verify_output(*args) -> tuple[str, int]:
-    out = StringIO()
-    try:
-        call_command("verify_activity", *args, stdout=out)
-    except CommandError as error:
-        return out.getvalue() + str(error), error.returncode
-    return out.getvalue(), 0
 
 
 @pytest.mark.sqlite
