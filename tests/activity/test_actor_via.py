@@ -218,7 +218,7 @@ def test_an_event_without_via_hashes_exactly_as_before():
     fields: dict[str, Any] = {
         "board_id": 1,
         "card_id": 2,
-        "kind": "card.moved",
+        "kind": EventKind.CARD_MOVED,
         "occurred_at": at,
         "actor_id": 3,
         "actor_name": "ci",
@@ -231,7 +231,7 @@ def test_an_event_without_via_hashes_exactly_as_before():
             "v": 1,
             "board": 1,
             "card": 2,
-            "kind": "card.moved",
+            "kind": EventKind.CARD_MOVED,
             "at": "2026-01-02T03:04:05.000006Z",
             "actor": 3,
             "actor_name": "ci",
