@@ -47,7 +47,7 @@ run: $(VENV)/.installed
 	@echo "  (admin at http://127.0.0.1:$(PORT)/admin/ with the same login; Ctrl-C stops)"
 	@echo
 	DEBUG=1 $(PY) -m uvicorn flux.asgi:application --host 127.0.0.1 --port $(PORT) \
-		--reload $(foreach d,flux boards activity templates,--reload-dir $(d)) --reload-include '*.html' \
+		--reload $(foreach d,flux activity boards history delivery templates,--reload-dir $(d)) --reload-include '*.html' \
 		--timeout-graceful-shutdown 2
 
 services-check: $(VENV)/.installed
