@@ -284,37 +284,42 @@ class CardMoved(CardChange):
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
-class CardArchived(CardChange):
+class CardAtPlace(CardChange):
+    """A change that names the card's place, flat in the payload (a card's `CardPlace`)."""
+
+    column_id: int
+    column: str
+    stage: str
+    rank: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class CardArchived(CardAtPlace):
     """The card leaves the board from this place."""
 
     kind = EventKind.CARD_ARCHIVED
-    column_id: int
-    column: str
-    stage: str
-    rank: str
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
-class CardRestored(CardChange):
+class CardRestored(CardAtPlace):
     """The card is back, at this place (the bottom of its column)."""
 
     kind = EventKind.CARD_RESTORED
-    column_id: int
-    column: str
-    stage: str
-    rank: str
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
-class CardLabelled(CardChange):
+class CardLabelChange(CardChange):
+    label: LabelSnapshot
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class CardLabelled(CardLabelChange):
     kind = EventKind.CARD_LABELLED
-    label: LabelSnapshot
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
-class CardUnlabelled(CardChange):
+class CardUnlabelled(CardLabelChange):
     kind = EventKind.CARD_UNLABELLED
-    label: LabelSnapshot
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
