@@ -11,6 +11,7 @@ from django.urls import reverse
 from ninja import Field, Query, Router, Schema
 from ninja.responses import Status
 
+from activity.log import Actor
 from boards import queries, services
 from boards.errors import NotFoundError
 from boards.models import (
@@ -389,7 +390,13 @@ def deployment_create(request: FluxRequest, payload: DeploymentIn):
     """Record a deployment. A successful one to production moves its cards to Deployed (to
     staging: Staging) and labels them with the release; cards may be named in commit messages.
     """
-    board = queries.board_get(actor=request.actor, key=payload.board, at_least=Role.EDITOR)
+    return Status(201, deployment_submit(actor=request.actor, payload=payload))
+
+
+def deployment_submit(*, actor: Actor, payload: DeploymentIn) -> DeploymentOut:
+    """Record one deployment as the API states it: the route's work, and `import_deployments`'s
+    for each record, so that an import equals posting the same records."""
+    board = queries.board_get(actor=actor, key=payload.board, at_least=Role.EDITOR)
     numbers = None
     if payload.cards is not None:
         numbers = []
@@ -399,7 +406,7 @@ def deployment_create(request: FluxRequest, payload: DeploymentIn):
                 raise ValidationError({"cards": f"{ref} is not a card of {board.key}."})
             numbers.append(number)
     result = services.deployment_record(
-        actor=request.actor,
+        actor=actor,
         board_id=board.pk,
         version=payload.version,
         environment=payload.environment,
@@ -413,16 +420,13 @@ def deployment_create(request: FluxRequest, payload: DeploymentIn):
         started_at=payload.started_at,
         finished_at=payload.finished_at,
     )
-    return Status(
-        201,
-        DeploymentOut(
-            id=result.event.pk,
-            board=board.key,
-            version=payload.version,
-            environment=payload.environment.lower(),
-            status=payload.status,
-            cards=[card.ref for card in result.cards],
-            moved=[card.ref for card in result.moved],
-            recorded_at=result.event.occurred_at,
-        ),
+    return DeploymentOut(
+        id=result.event.pk,
+        board=board.key,
+        version=payload.version,
+        environment=payload.environment.lower(),
+        status=payload.status,
+        cards=[card.ref for card in result.cards],
+        moved=[card.ref for card in result.moved],
+        recorded_at=result.event.occurred_at,
     )
