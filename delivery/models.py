@@ -99,8 +99,11 @@ class CardFlow(models.Model):
 
 class CardMoment(models.Model):
     """A moment a delivery time can start from: the card entered In Progress ("start"), or a
-    deployment named the card with its earliest commit ("commit"). Each delivery uses only the
-    moments known at or before it, so later events never rewrite an earlier delivery's times."""
+    deployment named the card with its earliest commit ("commit"). Each delivery uses the
+    moments true at or before it: a start from when the card entered, a commit from its
+    deployment's own time (when it finished, not when CI reported it). So the times depend on
+    what was reported, never on the order or delay of the reports: a deployment backfilled
+    later re-times the later deliveries of its cards."""
 
     START, COMMIT = "start", "commit"
 

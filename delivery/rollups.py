@@ -506,7 +506,7 @@ def _statements(sql: _Sql) -> _Statements:
         f"""
         CREATE TEMPORARY TABLE rollups_named AS
         WITH recorded AS MATERIALIZED (
-            SELECT d.id AS deployment_id, d.event_id, e.occurred_at, d.deployed_at,
+            SELECT d.id AS deployment_id, d.event_id, d.deployed_at,
                    {delivers} AS delivers,
                    (SELECT min({sql.timestamp(sql.text("x.value", "timestamp"))})
                       FROM {sql.elements(sql.json("e.payload", "deployment", "commits"), "x")})
@@ -515,17 +515,19 @@ def _statements(sql: _Sql) -> _Statements:
               FROM activity_deployment d
               JOIN activity_event e ON e.id = d.event_id
              WHERE d.kind = %(ci)s AND {sql.events("d.event_id")})
-        SELECT r.deployment_id, r.event_id, r.occurred_at, r.deployed_at, r.delivers,
+        SELECT r.deployment_id, r.event_id, r.deployed_at, r.delivers,
                r.first_commit, CAST(n.value AS bigint) AS card_id
           FROM recorded r, {sql.distinct_keys("r.cards", "id", "n")}
         UNION ALL
-        SELECT d.id, d.event_id, d.deployed_at, d.deployed_at, {delivers}, NULL, e.card_id
+        SELECT d.id, d.event_id, d.deployed_at, {delivers}, NULL, e.card_id
           FROM activity_deployment d
           JOIN activity_event e ON e.id = d.event_id
          WHERE d.kind = %(manual)s AND {sql.events("d.event_id")}""",
         *sql.analyse("rollups_named"),
         # Card moments: entries into In Progress (a card created there, or moved there), and
-        # the earliest commit of a deployment naming the card, known from that deployment on.
+        # the earliest commit of a deployment naming the card, known from that deployment's
+        # own time on (when it finished, not when it was reported: a deployment's commits
+        # count for its own cards however late CI reports it).
         f"""
         INSERT INTO activity_cardmoment (event_id, card_id, kind, at, known_at)
         SELECT * FROM (
@@ -535,8 +537,7 @@ def _statements(sql: _Sql) -> _Statements:
                  OR (e.kind = %(moved)s AND {to_stage} = %(in_progress)s))
                AND {sql.events("e.id")}
             UNION ALL
-            SELECT event_id, card_id, %(commit)s, first_commit,
-                   CASE WHEN first_commit >= occurred_at THEN first_commit ELSE occurred_at END
+            SELECT event_id, card_id, %(commit)s, first_commit, deployed_at
               FROM rollups_named
              WHERE first_commit IS NOT NULL
         ) moments WHERE true  -- SQLite's parser wants a WHERE before ON CONFLICT

@@ -233,6 +233,24 @@ def test_a_moment_recorded_later_but_known_before_a_delivery_retimes_it(board, b
 
 
 @pytest.mark.sqlite
+@pytest.mark.parametrize("reported_after_hours", [0, 0.01, 30 * 24])
+def test_a_deployments_own_commits_count_however_late_it_is_reported(
+    board, bob, reported_after_hours
+):
+    """CI posts when its job has finished, a moment (or, backfilling, a month) after the
+    `finished_at` it reports: the deployment's own commits still start its cards' lead time."""
+    actor = as_actor(bob)
+    with clock.frozen_at(at(0, 0)):
+        card = services.card_create(actor=actor, board_id=board.pk, title="X")
+    finished = at(4, 0)
+    with clock.frozen_at(finished + datetime.timedelta(hours=reported_after_hours)):
+        deploy(board, actor, [card], commit_at=at(1, 0), finished_at=finished)
+    rollups_settle()
+    delivery = ("production", "ci", finished, "X")
+    assert delivered_hours() == {delivery: (None, at(1, 0), 72, None, 96)}
+
+
+@pytest.mark.sqlite
 def test_running_twice_changes_nothing_and_equals_a_rebuild(board, bob):
     card = make_card(board, title="a", column_name="Staging")
     deploy(board, as_actor(bob), [card])  # may already run the rollups (eager Celery)
