@@ -26,6 +26,9 @@ KINDS_DESCRIBED: frozenset[EventKind] = frozenset(
         EventKind.CARD_ASSIGNED,
         EventKind.COMMENT_ADDED,
         EventKind.DEPLOYMENT_RECORDED,
+        EventKind.DEPLOYMENT_ROLLED_BACK,
+        EventKind.INCIDENT_OPENED,
+        EventKind.INCIDENT_RESOLVED,
     }
 )
 
@@ -118,8 +121,24 @@ def event_describe(event: Event, *, with_card: bool = True) -> str:
             return f"removed {username} from the board"
         case events.DeploymentRecorded(deployment=d):
             version = f" {d['version']}" if d.get("version") else ""
-            failed = " (failed)" if d.get("status") == "failed" else ""
+            failed = {"failed": " (failed)", "rolled_back": " (rolled back)"}.get(
+                d.get("status", ""), ""
+            )
             cards = len(d.get("cards", []))
             named = f" with {cards} card{'s' if cards != 1 else ''}" if cards else ""
-            return f"deployed{version} to {d['environment']}{named}{failed}"
+            hotfix = " as a hotfix" if d.get("hotfix") else ""
+            fixes = d.get("fixes_incidents") or []
+            fixing = f", fixing incident {', '.join(f'#{i}' for i in fixes)}" if fixes else ""
+            return f"deployed{version} to {d['environment']}{named}{hotfix}{fixing}{failed}"
+        case events.DeploymentRolledBack(
+            deployment_id=deployment, version=version, environment=env
+        ):
+            named = f" {version}" if version else f" #{deployment}"
+            return f"rolled back the deployment{named} in {env}"
+        case events.IncidentOpened(title=title, caused_by=cause):
+            caused = f", caused by deployment #{cause}" if cause else ""
+            return f"opened the incident “{title}”{caused}"
+        case events.IncidentResolved(title=title, fixed_by=fix):
+            fixed = f" with deployment #{fix}" if fix else ""
+            return f"resolved the incident “{title}”{fixed}"
     return event.kind.replace(".", " ")

@@ -43,6 +43,9 @@ class EventKind(models.TextChoices):
     CARD_ASSIGNED = "card.assigned", "Card assigned"
     COMMENT_ADDED = "comment.added", "Comment added"
     DEPLOYMENT_RECORDED = "deployment.recorded", "Deployment recorded"
+    DEPLOYMENT_ROLLED_BACK = "deployment.rolled_back", "Deployment rolled back"
+    INCIDENT_OPENED = "incident.opened", "Incident opened"
+    INCIDENT_RESOLVED = "incident.resolved", "Incident resolved"
 
 
 class MalformedEvent(ValueError):
@@ -129,6 +132,8 @@ class DeploymentFields(TypedDict):
     finished_at: NotRequired[str | None]
     commits: NotRequired[list[CommitFields]]
     cards: NotRequired[list[DeployedCard]]
+    hotfix: NotRequired[bool]  # unplanned: made because of a production incident
+    fixes_incidents: NotRequired[list[int]]  # the ids of the incidents it fixes
 
 
 # --- Payloads ---------------------------------------------------------------------------------
@@ -345,6 +350,38 @@ class DeploymentRecorded(Payload):
     moves_to: str | None = None  # the column its cards move to (None: they stay)
 
 
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class DeploymentRolledBack(Payload):
+    """A recorded deployment was rolled back: from now on it counts as a failed change."""
+
+    kind = EventKind.DEPLOYMENT_ROLLED_BACK
+    deployment_id: int  # its public id: the id of the event that recorded it
+    version: str
+    environment: str
+    rolled_back_at: str  # ISO time
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class IncidentOpened(Payload):
+    """A production incident began (its id is this event's)."""
+
+    kind = EventKind.INCIDENT_OPENED
+    title: str
+    started_at: str  # ISO time
+    caused_by: int | None = None  # the deployment that caused it (its public id)
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class IncidentResolved(Payload):
+    """Service was restored after an incident."""
+
+    kind = EventKind.INCIDENT_RESOLVED
+    incident_id: int
+    title: str
+    resolved_at: str  # ISO time
+    fixed_by: int | None = None  # the deployment that restored service (its public id)
+
+
 CATALOGUE: dict[EventKind, type[Payload]] = {
     cls.kind: cls
     for cls in (
@@ -366,6 +403,9 @@ CATALOGUE: dict[EventKind, type[Payload]] = {
         CardAssigned,
         CommentAdded,
         DeploymentRecorded,
+        DeploymentRolledBack,
+        IncidentOpened,
+        IncidentResolved,
     )
 }
 

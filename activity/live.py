@@ -87,6 +87,9 @@ REDRAW: dict[EventKind, Redraw] = {
     # Nothing on the board shows these: a deployment's moves and labels are events of their own.
     EventKind.COMMENT_ADDED: Redraw.NOTHING,
     EventKind.DEPLOYMENT_RECORDED: Redraw.NOTHING,
+    EventKind.DEPLOYMENT_ROLLED_BACK: Redraw.NOTHING,
+    EventKind.INCIDENT_OPENED: Redraw.NOTHING,
+    EventKind.INCIDENT_RESOLVED: Redraw.NOTHING,
     EventKind.MEMBERSHIP_SET: Redraw.NOTHING,
     EventKind.MEMBERSHIP_REMOVED: Redraw.NOTHING,
 }

@@ -11,7 +11,9 @@ from django.urls import reverse
 from ninja import Field, Query, Router, Schema
 from ninja.responses import Status
 
+from activity import events
 from activity.log import Actor
+from activity.models import Event
 from boards import queries, services
 from boards.errors import NotFoundError
 from boards.models import (
@@ -132,12 +134,18 @@ class DeploymentIn(Schema):
     board: Text = Field(pattern=BOARD_KEY_RE.replace("[A-Z]", "[A-Za-z]"))
     version: Text = Field(min_length=1, max_length=LABEL_NAME_MAX_LENGTH)  # names the release
     environment: Text = Field(min_length=1, max_length=ENVIRONMENT_MAX_LENGTH)
-    status: Literal["success", "failed"]
+    status: Literal["success", "failed", "rolled_back"]
     cards: list[Text] | None = Field(None, max_length=500)
     commits: list[CommitIn] = Field(default_factory=list, max_length=1000)
     url: Text = Field("", max_length=DEPLOYMENT_URL_MAX_LENGTH)
     started_at: IsoDateTime | None = None
-    finished_at: IsoDateTime | None = None
+    finished_at: IsoDateTime | None = Field(
+        None, description="When it finished; the time its figures count from (default: now)."
+    )
+    hotfix: bool = Field(False, description="Unplanned: made because of a production incident.")
+    fixes_incidents: list[int] = Field(
+        default_factory=list, max_length=100, description="Ids of the incidents it fixes."
+    )
 
 
 class DeploymentOut(Schema):
@@ -149,6 +157,46 @@ class DeploymentOut(Schema):
     cards: list[str]
     moved: list[str]
     recorded_at: datetime.datetime
+    hotfix: bool
+    fixes_incidents: list[int]
+
+
+class DeploymentPatch(Schema):
+    status: Literal["rolled_back"]
+    rolled_back_at: IsoDateTime | None = Field(None, description="Default: now.")
+
+
+class RollbackOut(Schema):
+    id: int = Field(description="The deployment's id.")
+    board: str
+    version: str
+    environment: str
+    status: Literal["rolled_back"]
+    rolled_back_at: datetime.datetime
+
+
+class IncidentIn(Schema):
+    board: Text = Field(pattern=BOARD_KEY_RE.replace("[A-Z]", "[A-Za-z]"))
+    title: Text = Field(min_length=1, max_length=TITLE_MAX_LENGTH)
+    started_at: IsoDateTime | None = Field(None, description="Default: now.")
+    caused_by: int | None = Field(None, description="The id of the deployment that caused it.")
+
+
+class IncidentPatch(Schema):
+    status: Literal["resolved"]
+    resolved_at: IsoDateTime | None = Field(None, description="Default: now.")
+    fixed_by: int | None = Field(None, description="The id of the deployment that fixed it.")
+
+
+class IncidentOut(Schema):
+    id: int
+    board: str
+    title: str
+    status: Literal["open", "resolved"]
+    started_at: datetime.datetime
+    caused_by: int | None
+    resolved_at: datetime.datetime | None
+    fixed_by: int | None
 
 
 # --- helpers ----------------------------------------------------------------------------------
@@ -419,6 +467,8 @@ def deployment_submit(*, actor: Actor, payload: DeploymentIn) -> DeploymentOut:
         url=payload.url,
         started_at=payload.started_at,
         finished_at=payload.finished_at,
+        hotfix=payload.hotfix,
+        fixes_incident_ids=payload.fixes_incidents,
     )
     return DeploymentOut(
         id=result.event.pk,
@@ -429,4 +479,70 @@ def deployment_submit(*, actor: Actor, payload: DeploymentIn) -> DeploymentOut:
         cards=[card.ref for card in result.cards],
         moved=[card.ref for card in result.moved],
         recorded_at=result.event.occurred_at,
+        hotfix=payload.hotfix,
+        fixes_incidents=list(dict.fromkeys(payload.fixes_incidents)),
     )
+
+
+@router.patch("/deployments/{deployment_id}", response={200: RollbackOut, **WRITE_ERRORS})
+def deployment_patch(request: FluxRequest, deployment_id: int, payload: DeploymentPatch):
+    """Mark a successful deployment rolled back: it then counts as a failed change."""
+    event = services.deployment_roll_back(
+        actor=request.actor, deployment_id=deployment_id, rolled_back_at=payload.rolled_back_at
+    )
+    rollback = events.read(event.kind, event.payload)
+    assert isinstance(rollback, events.DeploymentRolledBack)
+    return RollbackOut(
+        id=deployment_id,
+        board=event.board.key,
+        version=rollback.version,
+        environment=rollback.environment,
+        status="rolled_back",
+        rolled_back_at=datetime.datetime.fromisoformat(rollback.rolled_back_at),
+    )
+
+
+def _incident_out(opened: Event, resolved: Event | None) -> IncidentOut:
+    incident = events.read(opened.kind, opened.payload)
+    assert isinstance(incident, events.IncidentOpened)
+    end = events.read(resolved.kind, resolved.payload) if resolved else None
+    assert end is None or isinstance(end, events.IncidentResolved)
+    return IncidentOut(
+        id=opened.pk,
+        board=opened.board.key,
+        title=incident.title,
+        status="resolved" if end else "open",
+        started_at=datetime.datetime.fromisoformat(incident.started_at),
+        caused_by=incident.caused_by,
+        resolved_at=datetime.datetime.fromisoformat(end.resolved_at) if end else None,
+        fixed_by=end.fixed_by if end else None,
+    )
+
+
+@router.post("/incidents", response={201: IncidentOut, **WRITE_ERRORS})
+def incident_create(request: FluxRequest, payload: IncidentIn):
+    """Open a production incident on a service, naming the deployment that caused it if
+    known; it feeds the change failure rate and the recovery time."""
+    board = queries.board_get(actor=request.actor, key=payload.board, at_least=Role.EDITOR)
+    event = services.incident_open(
+        actor=request.actor,
+        board_id=board.pk,
+        title=payload.title,
+        started_at=payload.started_at,
+        cause_deployment_id=payload.caused_by,
+    )
+    return Status(201, _incident_out(event, None))
+
+
+@router.patch("/incidents/{incident_id}", response={200: IncidentOut, **WRITE_ERRORS})
+def incident_patch(request: FluxRequest, incident_id: int, payload: IncidentPatch):
+    """Resolve an incident, naming the deployment that restored service if there was one."""
+    resolved = services.incident_resolve(
+        actor=request.actor,
+        incident_id=incident_id,
+        resolved_at=payload.resolved_at,
+        fixed_by_deployment_id=payload.fixed_by,
+    )
+    opened = Event.objects.get(pk=incident_id)
+    opened.board = resolved.board
+    return _incident_out(opened, resolved)

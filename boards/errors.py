@@ -73,6 +73,14 @@ class WipLimitError(FluxError):
         self.column = column
 
 
+class StateConflictError(FluxError):
+    """That has already happened."""
+
+    status = 409
+    title = "Conflict"
+    slug = "conflict"
+
+
 INVALID_INPUT_STATUS = 422
 
 

@@ -82,6 +82,9 @@ KINDS_IGNORED: frozenset[EventKind] = frozenset(
         EventKind.CARD_ASSIGNED,
         EventKind.COMMENT_ADDED,
         EventKind.DEPLOYMENT_RECORDED,
+        EventKind.DEPLOYMENT_ROLLED_BACK,
+        EventKind.INCIDENT_OPENED,
+        EventKind.INCIDENT_RESOLVED,
     }
 )
 WIP_STAGES = (Stage.IN_PROGRESS.value, Stage.REVIEW.value, Stage.STAGING.value)

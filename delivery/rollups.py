@@ -99,7 +99,14 @@ DAYS_PER_WRITE = 2000  # daily rollups written per statement (memory stays flat 
 
 # The kinds the projections read, and those they ignore: together, every kind, once.
 KINDS_READ: frozenset[EventKind] = frozenset(
-    {EventKind.CARD_CREATED, EventKind.CARD_MOVED, EventKind.DEPLOYMENT_RECORDED}
+    {
+        EventKind.CARD_CREATED,
+        EventKind.CARD_MOVED,
+        EventKind.DEPLOYMENT_RECORDED,
+        EventKind.DEPLOYMENT_ROLLED_BACK,
+        EventKind.INCIDENT_OPENED,
+        EventKind.INCIDENT_RESOLVED,
+    }
 )
 KINDS_IGNORED: frozenset[EventKind] = frozenset(
     {

@@ -15,9 +15,16 @@ from delivery.rollups import rollups_advance
 logger = logging.getLogger(__name__)
 
 PAUSE_AFTER_BROKER_FAILURE = 10.0  # seconds
-# The kinds that may deliver a card, and so are worth the rollups' running at once.
+# The kinds that may change the delivery figures at once (a card reaching Deployed, a
+# deployment, a rollback, an incident), and so are worth the rollups' running now.
 DELIVERING_KINDS: frozenset[EventKind] = frozenset(
-    {EventKind.DEPLOYMENT_RECORDED, EventKind.CARD_MOVED}
+    {
+        EventKind.DEPLOYMENT_RECORDED,
+        EventKind.DEPLOYMENT_ROLLED_BACK,
+        EventKind.INCIDENT_OPENED,
+        EventKind.INCIDENT_RESOLVED,
+        EventKind.CARD_MOVED,
+    }
 )
 _paused_until = 0.0
 
@@ -34,7 +41,12 @@ def event_recorded(event: Event) -> None:
     if event.kind not in DELIVERING_KINDS:  # the periodic run applies the others
         return
     match events.read(event.kind, event.payload):
-        case events.DeploymentRecorded():
+        case (
+            events.DeploymentRecorded()
+            | events.DeploymentRolledBack()
+            | events.IncidentOpened()
+            | events.IncidentResolved()
+        ):
             once_on_commit(rollups_soon)
         case events.CardMoved(to=to) if to.get("stage") == Stage.DEPLOYED:
             once_on_commit(rollups_soon)

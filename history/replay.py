@@ -363,7 +363,15 @@ APPLY: dict[EventKind, Callable[[Any, Any, Row], BoardState | None]] = {
     EventKind.CARD_ASSIGNED: _card_assigned,
 }
 # Kinds that change no board state: their effects (labels, moves) are events of their own.
-IGNORED: frozenset[EventKind] = frozenset({EventKind.COMMENT_ADDED, EventKind.DEPLOYMENT_RECORDED})
+IGNORED: frozenset[EventKind] = frozenset(
+    {
+        EventKind.COMMENT_ADDED,
+        EventKind.DEPLOYMENT_RECORDED,
+        EventKind.DEPLOYMENT_ROLLED_BACK,
+        EventKind.INCIDENT_OPENED,
+        EventKind.INCIDENT_RESOLVED,
+    }
+)
 # What a handler raises when the payload read but does not fit the board replayed so far
 # (a card or column it names is not there, a value of the wrong type).
 _MISFITS = (KeyError, IndexError, TypeError, ValueError, AttributeError)

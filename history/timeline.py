@@ -55,6 +55,9 @@ FEED_KINDS: tuple[EventKind, ...] = (
     EventKind.CARD_ASSIGNED,
     EventKind.COMMENT_ADDED,
     EventKind.DEPLOYMENT_RECORDED,
+    EventKind.DEPLOYMENT_ROLLED_BACK,
+    EventKind.INCIDENT_OPENED,
+    EventKind.INCIDENT_RESOLVED,
     EventKind.BOARD_CREATED,
     EventKind.BOARD_UPDATED,
     EventKind.COLUMN_CREATED,
@@ -70,6 +73,7 @@ FEED_NAMES: dict[EventKind, str] = {
     EventKind.CARD_ASSIGNED: "People assigned",
     EventKind.COMMENT_ADDED: "Comment",
     EventKind.DEPLOYMENT_RECORDED: "Deployment",
+    EventKind.DEPLOYMENT_ROLLED_BACK: "Rollback",
     EventKind.BOARD_UPDATED: "Board edited",
     EventKind.MEMBERSHIP_SET: "Member role",
 }

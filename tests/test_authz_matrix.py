@@ -20,6 +20,7 @@ from django.urls import URLPattern, URLResolver, get_resolver
 
 from activity.log import Actor
 from activity.models import Event
+from boards import services
 from boards.models import Board, Card, Comment
 from boards.tokens import token_create
 from tests.conftest import column, make_card
@@ -70,6 +71,19 @@ class World:
 
     def first_event_id(self) -> int:
         return Event.objects.filter(board=self.board).earliest("pk").pk
+
+    def fresh_deployment(self) -> int:
+        """A successful deployment's id (a rollback takes one each)."""
+        admin = Actor(user=self.users["admin"])
+        return services.deployment_record(
+            actor=admin, board_id=self.board.pk, version="v0", environment="production",
+            status="success", card_numbers=[],
+        ).event.pk  # fmt: skip
+
+    def fresh_incident(self) -> int:
+        """An open incident's id (resolving takes one each)."""
+        admin = Actor(user=self.users["admin"])
+        return services.incident_open(actor=admin, board_id=self.board.pk, title="Down").pk
 
     def column_id(self, name: str = "To Do") -> int:
         return column(self.board, name).pk
@@ -303,6 +317,33 @@ MATRIX: dict[str, list[Call]] = {
                 "status": "success",
                 "cards": [],
             },
+            api=True,
+        )
+    ],
+    "api:deployment_patch": [
+        Call(
+            "PATCH",
+            lambda w: f"/api/v1/deployments/{w.fresh_deployment()}",
+            api_write(200),
+            data=lambda w: {"status": "rolled_back"},
+            api=True,
+        )
+    ],
+    "api:incident_create": [
+        Call(
+            "POST",
+            lambda w: "/api/v1/incidents",
+            api_write(201),
+            data=lambda w: {"board": "PAY", "title": "Checkout down"},
+            api=True,
+        )
+    ],
+    "api:incident_patch": [
+        Call(
+            "PATCH",
+            lambda w: f"/api/v1/incidents/{w.fresh_incident()}",
+            api_write(200),
+            data=lambda w: {"status": "resolved"},
             api=True,
         )
     ],

@@ -179,9 +179,13 @@ FUZZED: dict[str, list[Fuzz]] = {
     "boards:live": [],  # fuzzed by test_the_live_stream_survives_hostile_input (committed data)
     "boards:live-changes": [Fuzz("GET", "/b/PAY/live/changes", query=("after",))],
     "delivery:insights": [Fuzz("GET", "/b/PAY/insights/", query=("days",))],
-    "delivery:board-csv": [Fuzz("GET", "/b/PAY/insights/deployments.csv", query=("release",))],
+    "delivery:board-csv": [
+        Fuzz("GET", "/b/PAY/insights/deployments.csv", query=("release", "since", "until"))
+    ],
     "delivery:services": [Fuzz("GET", "/services/", query=("release",))],
-    "delivery:services-csv": [Fuzz("GET", "/services/deployments.csv", query=("release",))],
+    "delivery:services-csv": [
+        Fuzz("GET", "/services/deployments.csv", query=("release", "since", "until"))
+    ],
     "history:history": [Fuzz("GET", "/b/PAY/history/", query=("at", "t", "event"))],
     "history:activity": [
         Fuzz("GET", "/b/PAY/activity/", query=FEED),
@@ -251,9 +255,40 @@ FUZZED: dict[str, list[Fuzz]] = {
                 "url",
                 "started_at",
                 "finished_at",
+                "hotfix",
+                "fixes_incidents",
             ),
             api=True,
             base={"board": "PAY", "version": "v9", "environment": "prod", "status": "success"},
+        )
+    ],
+    "api:deployment_patch": [
+        Fuzz(
+            "PATCH",
+            "/api/v1/deployments/{deployment_id}",
+            path=("deployment_id",),
+            form=("status", "rolled_back_at"),
+            api=True,
+            base={"status": "rolled_back"},
+        )
+    ],
+    "api:incident_create": [
+        Fuzz(
+            "POST",
+            "/api/v1/incidents",
+            form=("board", "title", "started_at", "caused_by"),
+            api=True,
+            base={"board": "PAY", "title": "Fuzzed"},
+        )
+    ],
+    "api:incident_patch": [
+        Fuzz(
+            "PATCH",
+            "/api/v1/incidents/{incident_id}",
+            path=("incident_id",),
+            form=("status", "resolved_at", "fixed_by"),
+            api=True,
+            base={"status": "resolved"},
         )
     ],
     "api:event_list": [
@@ -270,7 +305,8 @@ FUZZED: dict[str, list[Fuzz]] = {
         )
     ],
 }
-VALID_PATH = {"number": "1", "column_id": "1", "username": "alice", "key": "PAY", "ref": "PAY-1"}
+VALID_PATH = {"number": "1", "column_id": "1", "username": "alice", "key": "PAY", "ref": "PAY-1",
+              "deployment_id": "1", "incident_id": "1"}  # fmt: skip
 LISTS = {"labels", "assignees", "cards", "boards"}  # sent as lists (JSON arrays, repeated keys)
 
 

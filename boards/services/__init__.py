@@ -24,6 +24,7 @@ from boards.services.cards import (
 )
 from boards.services.comments import comment_add
 from boards.services.deployments import Commit, DeploymentResult, card_refs_in, deployment_record
+from boards.services.incidents import deployment_roll_back, incident_open, incident_resolve
 from boards.services.labels import label_create, label_get_or_create, label_update
 from boards.services.members import membership_remove, membership_set
 from boards.services.moves import MoveResult, card_move
@@ -49,6 +50,9 @@ __all__ = [
     "column_update",
     "comment_add",
     "deployment_record",
+    "deployment_roll_back",
+    "incident_open",
+    "incident_resolve",
     "label_create",
     "label_get_or_create",
     "label_update",

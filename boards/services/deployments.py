@@ -25,12 +25,14 @@ from boards.services.cards import card_label_add
 from boards.services.common import (
     board_lock,
 )
+from boards.services.incidents import incident_events_get
 from boards.services.inputs import (
     text_clean,
 )
 from boards.services.labels import label_get_or_create
 from boards.services.moves import card_move
 
+STATUSES = ("success", "failed", "rolled_back")  # rolled_back: went out, and was taken back
 DEPLOY_STAGE = {"production": Stage.DEPLOYED, "staging": Stage.STAGING}
 STAGE_ORDER = {stage.value: index for index, stage in enumerate(Stage)}
 CARD_REF_RE = re.compile(r"\b([A-Z][A-Z0-9]{1,9})-(\d{1,9})\b")
@@ -68,12 +70,16 @@ def deployment_record(
     url: str = "",
     started_at: datetime.datetime | None = None,
     finished_at: datetime.datetime | None = None,
+    hotfix: bool = False,
+    fixes_incident_ids: Iterable[int] = (),
 ) -> DeploymentResult:
     """Record one deployment event; a successful one to production (or staging) also labels
     its cards with the release and moves them to Deployed (or Staging).
 
     Cards come from `card_numbers`, or else from the refs named in the commit messages.
-    Unknown cards are refused before anything is written.
+    Unknown cards are refused before anything is written. A deployment made because of a
+    production incident is a `hotfix`, or names the incidents it fixes: it counts as
+    unplanned (the deployment rework rate). One reported as `rolled_back` delivers nothing.
     """
     board = board_lock(board_id)
     role_require(actor=actor, board=board, at_least=Role.EDITOR)
@@ -82,8 +88,12 @@ def deployment_record(
     environment = text_clean(
         environment, field="environment", max_length=ENVIRONMENT_MAX_LENGTH
     ).lower()
-    if status not in ("success", "failed"):
-        raise ValidationError({"status": "A deployment's status is success or failed."})
+    if status not in STATUSES:
+        raise ValidationError(
+            {"status": "A deployment's status is success, failed or rolled_back."}
+        )
+    fixes = list(dict.fromkeys(fixes_incident_ids))
+    incident_events_get(board=board, incident_ids=fixes, field="fixes_incidents")
     commits = list(commits)
     for field, moment in [("started_at", started_at), ("finished_at", finished_at)] + [
         ("commits", commit.timestamp) for commit in commits
@@ -133,6 +143,8 @@ def deployment_record(
                     for c in commits
                 ],
                 "cards": [{"id": c.pk, "ref": c.ref, "number": c.number} for c in cards],
+                **({"hotfix": True} if hotfix else {}),
+                **({"fixes_incidents": fixes} if fixes else {}),
             },
             moves_to=target.name if target is not None else None,
         ),

@@ -69,6 +69,24 @@ def written(board, alice, bob, victor) -> dict[EventKind, list[Event]]:
         commits=[services.Commit(sha="abc123", message=f"Fix {board.key}-{card.number}")],
         started_at=clock.now(),
     )
+    cause = Event.objects.filter(board=board, kind=EventKind.DEPLOYMENT_RECORDED).latest("pk")
+    incident = services.incident_open(
+        actor=editor, board_id=board.pk, title="Checkout down", cause_deployment_id=cause.pk
+    )
+    services.deployment_roll_back(actor=editor, deployment_id=cause.pk)
+    fix = services.deployment_record(
+        actor=editor,
+        board_id=board.pk,
+        version="v1.2.1",
+        environment="production",
+        status="success",
+        card_numbers=[],
+        hotfix=True,
+        fixes_incident_ids=[incident.pk],
+    )
+    services.incident_resolve(
+        actor=editor, incident_id=incident.pk, fixed_by_deployment_id=fix.event.pk
+    )
     services.membership_set(actor=admin, board_id=board.pk, user_id=victor.pk, role=Role.EDITOR)
     services.membership_remove(actor=admin, board_id=board.pk, user_id=victor.pk)
     by_kind: dict[EventKind, list[Event]] = {}
