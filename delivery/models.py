@@ -20,19 +20,26 @@ class DeploymentKind(models.TextChoices):
 
 
 class Deployment(models.Model):
-    """One deployment: a CI-recorded one, or a manual move of a card into Deployed."""
+    """One deployment: a CI-recorded one, or a manual move of a card into Deployed. Its
+    public id (the API's, the CSV's) is `event_id`: the id of the event that recorded it."""
 
     event = models.OneToOneField(Event, on_delete=models.PROTECT, related_name="+")
     board = models.ForeignKey("boards.Board", on_delete=models.PROTECT, related_name="+")
     kind = models.CharField(max_length=10, choices=DeploymentKind.choices)
     version = models.CharField(max_length=LABEL_NAME_MAX_LENGTH, blank=True)
     environment = models.CharField(max_length=ENVIRONMENT_MAX_LENGTH)
-    status = models.CharField(max_length=10)
+    status = models.CharField(max_length=12)
     deployed_at = models.DateTimeField()
     url = models.CharField(max_length=DEPLOYMENT_URL_MAX_LENGTH, blank=True)
     commit_shas = models.JSONField(default=list)
     source = models.CharField(max_length=10)
     actor_name = models.CharField(max_length=USERNAME_MAX_LENGTH)
+    hotfix = models.BooleanField(default=False)
+    fixes = models.JSONField(default=list, help_text="Ids of the incidents it fixes.")
+    rollback_event = models.ForeignKey(
+        Event, null=True, on_delete=models.PROTECT, related_name="+", db_constraint=False
+    )
+    rolled_back_at = models.DateTimeField(null=True)
 
     class Meta:
         db_table = "activity_deployment"
@@ -115,7 +122,9 @@ class CardMoment(models.Model):
     )
     kind = models.CharField(max_length=10, choices=[(START, "start"), (COMMIT, "commit")])
     at = models.DateTimeField()
-    known_at = models.DateTimeField(help_text="When the log learned of it (a commit: its deploy).")
+    known_at = models.DateTimeField(
+        help_text="From when it counts: its own time (a commit: its deployment's finish)."
+    )
 
     class Meta:
         db_table = "activity_cardmoment"
@@ -126,6 +135,85 @@ class CardMoment(models.Model):
 
     def __str__(self) -> str:
         return f"{self.kind} of card {self.card_id} at {self.at}"
+
+
+class DeploymentCommit(models.Model):
+    """A commit a CI deployment listed (a row per deployment and sha)."""
+
+    deployment = models.ForeignKey(
+        Deployment, on_delete=models.CASCADE, related_name="+", db_constraint=False
+    )
+    board = models.ForeignKey(
+        "boards.Board", on_delete=models.PROTECT, related_name="+", db_constraint=False
+    )
+    sha = models.CharField(max_length=64)
+    committed_at = models.DateTimeField(null=True)
+
+    class Meta:
+        db_table = "activity_deploymentcommit"
+        constraints = [
+            models.UniqueConstraint(fields=["deployment", "sha"], name="deployment_commit_once")
+        ]
+        indexes = [models.Index(fields=["board", "sha"], name="deployment_commit_sha")]
+
+    def __str__(self) -> str:
+        return f"{self.sha} in deployment {self.deployment_id}"
+
+
+class Change(models.Model):
+    """A change (a commit) of a service, and the production deployment that first shipped it:
+    the first successful production deployment listing it, by finish time, not rolled back.
+    DORA's change lead time is `lead_time`."""
+
+    board = models.ForeignKey(
+        "boards.Board", on_delete=models.PROTECT, related_name="+", db_constraint=False
+    )
+    sha = models.CharField(max_length=64)
+    committed_at = models.DateTimeField(null=True, help_text="Its earliest reported time.")
+    deployment = models.ForeignKey(
+        Deployment, null=True, on_delete=models.SET_NULL, related_name="+", db_constraint=False
+    )
+    deployed_at = models.DateTimeField(null=True)
+    lead_time = models.FloatField(
+        null=True, help_text="Committed to deployed, seconds; 0 for a commit stamped after."
+    )
+
+    class Meta:
+        db_table = "activity_change"
+        constraints = [models.UniqueConstraint(fields=["board", "sha"], name="change_once")]
+        indexes = [models.Index(fields=["board", "deployed_at"], name="change_board_time")]
+
+    def __str__(self) -> str:
+        return f"change {self.sha}"
+
+
+class Incident(models.Model):
+    """A production incident; its public id is `event_id`, the event that opened it."""
+
+    event = models.OneToOneField(Event, on_delete=models.PROTECT, related_name="+")
+    board = models.ForeignKey("boards.Board", on_delete=models.PROTECT, related_name="+")
+    title = models.CharField(max_length=200)
+    started_at = models.DateTimeField()
+    caused_by = models.BigIntegerField(null=True, help_text="The public id of a deployment.")
+    resolve_event = models.ForeignKey(
+        Event, null=True, on_delete=models.PROTECT, related_name="+", db_constraint=False
+    )
+    resolved_at = models.DateTimeField(null=True)
+    fixed_by = models.BigIntegerField(null=True, help_text="The public id of a deployment.")
+    restored_at = models.DateTimeField(
+        null=True,
+        help_text="The first production deployment fixing it, else its resolution.",
+    )
+
+    class Meta:
+        db_table = "activity_incident"
+        indexes = [
+            models.Index(fields=["board", "started_at"], name="incident_board_time"),
+            models.Index(fields=["caused_by"], name="incident_cause"),
+        ]
+
+    def __str__(self) -> str:
+        return f"incident {self.event_id}: {self.title}"
 
 
 class Rework(models.Model):
@@ -150,6 +238,16 @@ class DailyRollup(models.Model):
     day = models.DateField()
     deployments = models.PositiveIntegerField(default=0)
     failed_deployments = models.PositiveIntegerField(default=0)
+    successful_deployments = models.PositiveIntegerField(default=0)
+    failed_changes = models.PositiveIntegerField(
+        default=0, help_text="Failed, rolled back or the cause of an incident."
+    )
+    unplanned_deployments = models.PositiveIntegerField(
+        default=0, help_text="Hotfixes and fixes of incidents."
+    )
+    changes = models.PositiveIntegerField(default=0, help_text="Changes first shipped.")
+    change_lead_p50 = models.FloatField(null=True)
+    change_lead_p85 = models.FloatField(null=True)
     cards_deployed = models.PositiveIntegerField(default=0)
     lead_time_p50 = models.FloatField(null=True)
     lead_time_p85 = models.FloatField(null=True)

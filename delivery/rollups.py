@@ -82,10 +82,13 @@ from delivery.metrics import Spread
 from delivery.models import (
     CardFlow,
     CardMoment,
+    Change,
     DailyRollup,
     Deployment,
     DeploymentCard,
+    DeploymentCommit,
     DeploymentKind,
+    Incident,
     ProjectionCursor,
     Rework,
 )
@@ -94,7 +97,7 @@ CURSOR = "delivery"
 BATCH = 5000
 PRODUCTION = "production"  # the environment the daily numbers and DORA metrics count
 DELIVERED_TO = (PRODUCTION, "staging")  # environments whose success delivers cards
-SUCCESS, FAILED = "success", "failed"
+SUCCESS, FAILED, ROLLED_BACK = "success", "failed", "rolled_back"
 DAYS_PER_WRITE = 2000  # daily rollups written per statement (memory stays flat in a rebuild)
 
 # The kinds the projections read, and those they ignore: together, every kind, once.
@@ -131,7 +134,8 @@ KINDS_IGNORED: frozenset[EventKind] = frozenset(
 Progress = Callable[[int], object]  # told how many events were applied (a tqdm bar's update)
 
 # The projection tables, dependents first (the order a rebuild empties them in).
-PROJECTIONS = (DeploymentCard, Deployment, Rework, CardMoment, CardFlow, DailyRollup)
+PROJECTIONS = (DeploymentCard, DeploymentCommit, Change, Incident, Deployment, Rework,
+               CardMoment, CardFlow, DailyRollup)  # fmt: skip
 
 
 def rollups_advance(*, batch: int = BATCH, progress: Progress | None = None) -> int:
@@ -353,6 +357,30 @@ class _Sql:
         keys = f"SELECT json_group_array(DISTINCT {value}) FROM {elements}"
         return f"json_each(({keys})) AS {alias}"
 
+    def flag(self, text: str) -> str:
+        """A JSON boolean (text, as `text` gives it) as a stored boolean, false when missing."""
+        return (
+            f"coalesce(CAST({text} AS boolean), false)"
+            if self.postgresql
+            else f"coalesce({text}, 0)"
+        )
+
+    def length(self, array: str) -> str:
+        """How many elements a stored JSON array has."""
+        if self.postgresql:
+            return f"jsonb_array_length({array})"
+        return f"json_array_length({array})"
+
+    def integer(self, text: str) -> str:
+        """A number (as `text` gives it, NULL for a JSON null) as a bigint."""
+        return f"CAST({text} AS bigint)"
+
+    def element_integer(self, alias: str) -> str:
+        """The number an `elements` row `alias` holds, as a bigint."""
+        if self.postgresql:
+            return f"CAST({alias}.value #>> '{{}}' AS bigint)"
+        return f"CAST({alias}.value AS bigint)"
+
     def listed(self, value: str) -> str:
         """The values of a group as one list (an array on PostgreSQL, read as a list); on
         SQLite, whose text of a double is not exact, the values one row each."""
@@ -412,6 +440,10 @@ _PARAMS = {
     "created": EventKind.CARD_CREATED.value,
     "moved": EventKind.CARD_MOVED.value,
     "recorded": EventKind.DEPLOYMENT_RECORDED.value,
+    "rollback": EventKind.DEPLOYMENT_ROLLED_BACK.value,
+    "incident_opened": EventKind.INCIDENT_OPENED.value,
+    "incident_resolved": EventKind.INCIDENT_RESOLVED.value,
+    "rolled_back": ROLLED_BACK,
     "in_progress": Stage.IN_PROGRESS.value,
     "deployed": Stage.DEPLOYED.value,
     "ci": DeploymentKind.CI.value,
@@ -426,8 +458,11 @@ _PARAMS = {
 _TIMES = ("card_ref", "created_at", "started_at", "first_commit_at", "lead_time", "cycle_time",
           "card_lead_time")  # fmt: skip
 _FLOW = ("created_at", "started_at", "first_commit_at")
-_DAY = ("deployments", "failed_deployments", "cards_deployed", "lead_time_p50", "lead_time_p85",
-        "cycle_time_p50", "cycle_time_p85", "rework")  # fmt: skip
+_CHANGE = ("committed_at", "deployment_id", "deployed_at", "lead_time")
+_DAY = ("deployments", "failed_deployments", "successful_deployments", "failed_changes",
+        "unplanned_deployments", "changes", "change_lead_p50", "change_lead_p85",
+        "cards_deployed", "lead_time_p50", "lead_time_p85", "cycle_time_p50", "cycle_time_p85",
+        "rework")  # fmt: skip
 
 
 class _Statements(NamedTuple):
@@ -453,8 +488,34 @@ def _statements(sql: _Sql) -> _Statements:
     def deployment(key: str) -> str:
         return sql.text("e.payload", "deployment", key)
 
+    # The scope's rollback of the deployment, and resolution of the incident, being updated.
+    rolled_back = (
+        f"FROM activity_event e WHERE e.kind = %(rollback)s AND {sql.events('e.id')}"
+        f" AND {sql.integer(sql.text('e.payload', 'deployment_id'))}"
+        " = activity_deployment.event_id"
+    )
+    resolving = (
+        f"FROM activity_event e WHERE e.kind = %(incident_resolved)s AND {sql.events('e.id')}"
+        f" AND {sql.integer(sql.text('e.payload', 'incident_id'))} = activity_incident.event_id"
+    )
+    rolled_back_at = sql.timestamp(sql.text("e.payload", "rolled_back_at"))
     # A delivery: a deployment that succeeded in an environment that delivers.
     delivers = f"d.status = %(success)s AND d.environment IN {_DELIVERED_TO}"
+    # A change ships with a successful production deployment (not rolled back).
+    ships = "(d.status = %(success)s AND d.environment = %(production)s)"
+    restores_scope = f"""activity_incident.event_id IN (
+            SELECT i.event_id FROM activity_incident i
+             WHERE {sql.events("i.event_id")} OR {sql.events("i.resolve_event_id")}
+            UNION
+            SELECT {sql.element_integer("x")}
+              FROM activity_deployment d, {sql.elements("d.fixes", "x")}
+             WHERE {sql.events("d.event_id")} OR {sql.events("d.rollback_event_id")})"""
+    change_upsert = (
+        "ON CONFLICT (board_id, sha) DO UPDATE SET "
+        + ", ".join(f"{c} = excluded.{c}" for c in _CHANGE)
+        + " WHERE "
+        + " OR ".join(sql.differs(f"ch.{c}", f"excluded.{c}") for c in _CHANGE)
+    )
     # Where a delivery's lead time starts: the first commit, else the start, else creation.
     start_of_change = "coalesce(m.first_commit_at, m.started_at, f.created_at)"
     # A stored flow only ever moves earlier; a stored delivery takes its recomputed times.
@@ -477,19 +538,20 @@ def _statements(sql: _Sql) -> _Statements:
         f"""
         INSERT INTO activity_deployment (event_id, board_id, kind, version, environment,
                                          status, deployed_at, url, commit_shas, source,
-                                         actor_name)
+                                         actor_name, hotfix, fixes)
         SELECT * FROM (
             SELECT e.id, e.board_id, %(ci)s, {deployment("version")},
                    {deployment("environment")}, {deployment("status")},
                    coalesce({sql.timestamp(deployment("finished_at"))}, e.occurred_at),
                    coalesce({deployment("url")}, ''),
                    {sql.values_of(sql.json("e.payload", "deployment", "commits"), "sha")},
-                   e.source, e.actor_name
+                   e.source, e.actor_name, {sql.flag(deployment("hotfix"))},
+                   coalesce({sql.json("e.payload", "deployment", "fixes_incidents")}, '[]')
               FROM activity_event e
              WHERE e.kind = %(recorded)s AND {sql.events("e.id")}
             UNION ALL
             SELECT e.id, e.board_id, %(manual)s, '', %(production)s, %(success)s, e.occurred_at,
-                   '', '[]', e.source, e.actor_name
+                   '', '[]', e.source, e.actor_name, {sql.flag("NULL")}, '[]'
               FROM activity_event e
              WHERE e.kind = %(moved)s AND {sql.events("e.id")}
                AND {to_stage} = %(deployed)s
@@ -508,6 +570,61 @@ def _statements(sql: _Sql) -> _Statements:
            AND {sql.differs(to_stage, "%(deployed)s")}
          ORDER BY e.id
         {sql.upsert("ON CONFLICT (event_id) DO NOTHING")}""",
+        # Rollbacks: a deployment rolled back is one no longer (its status says so).
+        f"""
+        UPDATE activity_deployment
+           SET status = %(rolled_back)s,
+               rollback_event_id = (SELECT min(e.id) {rolled_back}),
+               rolled_back_at = (SELECT min({rolled_back_at}) {rolled_back})
+         WHERE rollback_event_id IS NULL
+           AND event_id IN (SELECT {sql.integer(sql.text("e.payload", "deployment_id"))}
+                              FROM activity_event e
+                             WHERE e.kind = %(rollback)s AND {sql.events("e.id")})""",
+        # Incidents, as they open and as they are resolved.
+        f"""
+        INSERT INTO activity_incident (event_id, board_id, title, started_at, caused_by)
+        SELECT e.id, e.board_id, {sql.text("e.payload", "title")},
+               {sql.timestamp(sql.text("e.payload", "started_at"))},
+               {sql.integer(sql.text("e.payload", "caused_by"))}
+          FROM activity_event e
+         WHERE e.kind = %(incident_opened)s AND {sql.events("e.id")}
+         ORDER BY e.id
+        {sql.upsert("ON CONFLICT (event_id) DO NOTHING")}""",
+        f"""
+        UPDATE activity_incident
+           SET resolve_event_id = (SELECT min(e.id) {resolving}),
+               resolved_at = (SELECT min({sql.timestamp(sql.text("e.payload", "resolved_at"))})
+                              {resolving}),
+               fixed_by = (SELECT min({sql.integer(sql.text("e.payload", "fixed_by"))})
+                           {resolving})
+         WHERE resolve_event_id IS NULL
+           AND event_id IN (SELECT {sql.integer(sql.text("e.payload", "incident_id"))}
+                              FROM activity_event e
+                             WHERE e.kind = %(incident_resolved)s AND {sql.events("e.id")})""",
+        # The commits each of the scope's CI deployments lists, once per sha, with the
+        # earliest time it gives.
+        f"""
+        INSERT INTO activity_deploymentcommit (deployment_id, board_id, sha, committed_at)
+        SELECT d.id, d.board_id, {sql.text("x.value", "sha")},
+               min({sql.timestamp(sql.text("x.value", "timestamp"))})
+          FROM activity_deployment d
+          JOIN activity_event e ON e.id = d.event_id,
+               {sql.elements(sql.json("e.payload", "deployment", "commits"), "x")}
+         WHERE d.kind = %(ci)s AND {sql.events("d.event_id")}
+         GROUP BY 1, 2, 3
+         ORDER BY 1, 3
+        {sql.upsert("ON CONFLICT (deployment_id, sha) DO NOTHING")}""",
+        # The changes whose first shipping may have changed: those the scope's deployments
+        # list, or the deployments it rolled back; with the deployment that shipped each so far.
+        f"""
+        CREATE TEMPORARY TABLE rollups_changed AS
+        SELECT t.board_id, t.sha, ch.deployment_id AS was
+          FROM (SELECT DISTINCT c.board_id, c.sha
+                  FROM activity_deployment d
+                  JOIN activity_deploymentcommit c ON c.deployment_id = d.id
+                 WHERE {sql.events("d.event_id")} OR {sql.events("d.rollback_event_id")}) t
+          LEFT JOIN activity_change ch ON ch.board_id = t.board_id AND ch.sha = t.sha""",
+        *sql.analyse("rollups_changed"),
         # The cards each of the scope's deployments names (once each), whether it delivers
         # them, and its earliest commit; a manual delivery names the moved card.
         f"""
@@ -631,12 +748,64 @@ def _statements(sql: _Sql) -> _Statements:
          WHERE m.deployment_id IS NOT NULL
          ORDER BY m.deployment_id, m.card_id
         {sql.upsert(times_upsert)}""",
+        # Changes: each changed sha's earliest time, and the deployment that first shipped it
+        # (by finish time, then public id); its lead time, not below zero.
+        f"""
+        INSERT INTO activity_change AS ch (board_id, sha, committed_at, deployment_id,
+                                           deployed_at, lead_time)
+        SELECT board_id, sha, committed_at,
+               CASE WHEN ships THEN deployment_id END, CASE WHEN ships THEN deployed_at END,
+               CASE WHEN ships
+                    THEN {sql.at_least_zero(sql.seconds("deployed_at", "committed_at"))} END
+          FROM (SELECT c.board_id, c.sha, d.id AS deployment_id, d.deployed_at,
+                       {ships} AS ships,
+                       min(c.committed_at) OVER (PARTITION BY c.board_id, c.sha)
+                           AS committed_at,
+                       row_number() OVER (PARTITION BY c.board_id, c.sha
+                                          ORDER BY CASE WHEN {ships} THEN 0 ELSE 1 END,
+                                                   d.deployed_at, d.event_id) AS n
+                  FROM rollups_changed t
+                  JOIN activity_deploymentcommit c ON c.board_id = t.board_id AND c.sha = t.sha
+                  JOIN activity_deployment d ON d.id = c.deployment_id) f
+         WHERE n = 1
+         ORDER BY board_id, sha
+        {sql.upsert(change_upsert)}""",
+        # Incidents' restores: the first successful production deployment that fixes one
+        # (at or after its start), else its resolution; for the incidents the scope opened,
+        # resolved, or fixed (or rolled a fix of back).
+        f"""
+        UPDATE activity_incident
+           SET restored_at = coalesce(
+                   (SELECT min(d.deployed_at)
+                      FROM activity_deployment d, {sql.elements("d.fixes", "x")}
+                     WHERE d.board_id = activity_incident.board_id
+                       AND {sql.element_integer("x")} = activity_incident.event_id
+                       AND {ships} AND d.deployed_at >= activity_incident.started_at),
+                   resolved_at)
+         WHERE {restores_scope}""",
     ]
-    # The (service, UTC day)s the scope touched: its deployments' and rework's, and those of
-    # every delivery of a touched card (whose times may have changed).
+    # The (service, UTC day)s the scope touched: its deployments' (those it recorded or rolled
+    # back, or an incident it opened names as the cause) and rework's, those of every delivery
+    # of a touched card (whose times may have changed), and those a changed sha was and is
+    # shipped on.
     touched_days = f"""
         SELECT d.board_id, {sql.day("d.deployed_at")}
-          FROM activity_deployment d WHERE {sql.events("d.event_id")}
+          FROM activity_deployment d
+         WHERE {sql.events("d.event_id")} OR {sql.events("d.rollback_event_id")}
+        UNION
+        SELECT d.board_id, {sql.day("d.deployed_at")}
+          FROM activity_incident i
+          JOIN activity_deployment d ON d.event_id = i.caused_by
+         WHERE {sql.events("i.event_id")}
+        UNION
+        SELECT d.board_id, {sql.day("d.deployed_at")}
+          FROM rollups_changed t
+          JOIN activity_change ch ON ch.board_id = t.board_id AND ch.sha = t.sha
+          JOIN activity_deployment d ON d.id = ch.deployment_id
+        UNION
+        SELECT d.board_id, {sql.day("d.deployed_at")}
+          FROM rollups_changed t
+          JOIN activity_deployment d ON d.id = t.was
         UNION
         SELECT r.board_id, {sql.day("r.occurred_at")}
           FROM activity_rework r WHERE {sql.events("r.event_id")}
@@ -671,6 +840,7 @@ def _projections_apply(*, events: Sequence[int] | None) -> None:
             params.update(sql.days_bound(cursor.fetchall()))
         _days_refresh(sql=sql, params=params)
         cursor.execute("DROP TABLE rollups_named")
+        cursor.execute("DROP TABLE rollups_changed")
 
 
 def _sqlite_functions_register() -> None:
@@ -717,43 +887,63 @@ def _days_refresh(*, sql: _Sql, params: dict[str, Any]) -> None:
 
 
 def _day_numbers(facts: Iterator[tuple]) -> tuple:
-    """One service's day (in _DAY order): its production deployments and how many failed,
-    the cards they delivered with the median and 85th percentile of their lead and cycle
-    times, and its rework."""
-    deployments = failed = rework = 0
+    """One service's day (in _DAY order): its production deployments, how many failed,
+    succeeded, were failed changes and were unplanned; the changes first shipped and the
+    cards delivered, with the median and 85th percentile of their lead (and cycle) times;
+    and its rework."""
+    counts = [0] * 6
     leads: list[float] = []
     cycles: list[float] = []
-    for _, _, deployed, failures, reworked, lead_times, cycle_times in facts:
-        deployments += deployed
-        failed += failures
-        rework += reworked
+    change_leads: list[float] = []
+    for _, _, *numbers, lead_times, cycle_times, change_times in facts:
+        counts = [total + number for total, number in zip(counts, numbers, strict=True)]
         leads += _listed(lead_times)
         cycles += [cycle for cycle in _listed(cycle_times) if cycle is not None]
-    lead, cycle = Spread.of(leads), Spread.of(cycles)
-    return (deployments, failed, lead.count, lead.p50, lead.p85, cycle.p50, cycle.p85, rework)
+        change_leads += _listed(change_times)
+    deployments, failed, successful, failed_changes, unplanned, rework = counts
+    lead, cycle, change = Spread.of(leads), Spread.of(cycles), Spread.of(change_leads)
+    return (deployments, failed, successful, failed_changes, unplanned, change.count,
+            change.p50, change.p85, lead.count, lead.p50, lead.p85, cycle.p50, cycle.p85,
+            rework)  # fmt: skip
 
 
 @functools.cache
 def _days_statement(sql: _Sql) -> str:
     """Each touched day's facts, ordered by service and day: the times of its production
-    deliveries, and its production deployments and its rework counted."""
+    deliveries and of the changes first shipped, its production deployments counted (how
+    many failed, succeeded, were failed changes, were unplanned), and its rework."""
+    caused_incident = "EXISTS (SELECT 1 FROM activity_incident i WHERE i.caused_by = d.event_id)"
+    failed_change = f"d.status IN (%(failed)s, %(rolled_back)s) OR {caused_incident}"
+    unplanned = f"d.hotfix OR {sql.length('d.fixes')} > 0"
     return f"""
-    SELECT board_id, day, deployments, failed, rework, lead_times, cycle_times FROM (
+    SELECT board_id, day, deployments, failed, successful, failed_changes, unplanned, rework,
+           lead_times, cycle_times, change_times FROM (
         SELECT d.board_id, {sql.day("d.deployed_at")} AS day, 0 AS deployments, 0 AS failed,
-               0 AS rework, {sql.listed("o.lead_time")} AS lead_times,
-               {sql.listed("o.cycle_time")} AS cycle_times
+               0 AS successful, 0 AS failed_changes, 0 AS unplanned, 0 AS rework,
+               {sql.listed("o.lead_time")} AS lead_times,
+               {sql.listed("o.cycle_time")} AS cycle_times, NULL AS change_times
           FROM {sql.days("activity_deployment", "d", "deployed_at")}
           JOIN activity_deploymentcard o ON o.deployment_id = d.id
          WHERE d.environment = %(production)s
          {sql.listed_by("1, 2")}
         UNION ALL
+        SELECT ch.board_id, {sql.day("ch.deployed_at")}, 0, 0, 0, 0, 0, 0, NULL, NULL,
+               {sql.listed("ch.lead_time")}
+          FROM {sql.days("activity_change", "ch", "deployed_at")}
+         WHERE ch.lead_time IS NOT NULL
+         {sql.listed_by("1, 2")}
+        UNION ALL
         SELECT d.board_id, {sql.day("d.deployed_at")}, count(*),
-               sum(CASE WHEN d.status = %(failed)s THEN 1 ELSE 0 END), 0, NULL, NULL
+               sum(CASE WHEN d.status = %(failed)s THEN 1 ELSE 0 END),
+               sum(CASE WHEN d.status = %(success)s THEN 1 ELSE 0 END),
+               sum(CASE WHEN {failed_change} THEN 1 ELSE 0 END),
+               sum(CASE WHEN {unplanned} THEN 1 ELSE 0 END), 0, NULL, NULL, NULL
           FROM {sql.days("activity_deployment", "d", "deployed_at")}
          WHERE d.environment = %(production)s
          GROUP BY 1, 2
         UNION ALL
-        SELECT r.board_id, {sql.day("r.occurred_at")}, 0, 0, count(*), NULL, NULL
+        SELECT r.board_id, {sql.day("r.occurred_at")}, 0, 0, 0, 0, 0, count(*), NULL, NULL,
+               NULL
           FROM {sql.days("activity_rework", "r", "occurred_at")}
          GROUP BY 1, 2
     ) facts

@@ -26,9 +26,11 @@ from boards import services
 from boards.models import Card, Stage
 from delivery.models import (
     CardFlow,
+    Change,
     DailyRollup,
     Deployment,
     DeploymentCard,
+    Incident,
     ProjectionCursor,
     Rework,
 )
@@ -62,12 +64,33 @@ def projections() -> dict:
             CardFlow.objects.values_list("card_id", "created_at", "started_at", "first_commit_at")
         ),
         "rework": sorted(Rework.objects.values_list("event_id", "card_id", "occurred_at")),
+        "changes": sorted(
+            Change.objects.values_list(
+                "board_id",
+                "sha",
+                "committed_at",
+                "deployment__event_id",
+                "deployed_at",
+                "lead_time",
+            )
+        ),
+        "incidents": sorted(
+            Incident.objects.values_list(
+                "event_id", "started_at", "caused_by", "resolved_at", "fixed_by", "restored_at"
+            )
+        ),
         "days": sorted(
             DailyRollup.objects.values_list(
                 "board_id",
                 "day",
                 "deployments",
                 "failed_deployments",
+                "successful_deployments",
+                "failed_changes",
+                "unplanned_deployments",
+                "changes",
+                "change_lead_p50",
+                "change_lead_p85",
                 "cards_deployed",
                 "lead_time_p50",
                 "lead_time_p85",
@@ -248,6 +271,71 @@ def test_a_deployments_own_commits_count_however_late_it_is_reported(
     rollups_settle()
     delivery = ("production", "ci", finished, "X")
     assert delivered_hours() == {delivery: (None, at(1, 0), 72, None, 96)}
+
+
+@pytest.mark.sqlite
+@pytest.mark.parametrize("runs", ["after every report", "once at the end"])
+def test_changes_rollbacks_and_incidents_give_the_hand_computed_dora_rows(board, bob, runs):
+    """| time   | report                                                             |
+    |--------|--------------------------------------------------------------------|
+    | d0 00h | commit a; d0 02h commit b; d0 05h commit c (times in the reports)  |
+    | d1 00h | D1 to production: a, b                                              |
+    | d1 01h | D1 rolled back                                                      |
+    | d2 00h | D2 to production: b, c; d2 03h incident "down", caused by D2        |
+    | d2 04h | D3, a hotfix fixing it, to production: commit d at d2 03h30         |
+    | d2 06h | the incident is resolved (D3 restored service at d2 04h)            |
+
+    a ships with no deployment (D1 was rolled back); b and c with D2 (46 h and 43 h after
+    their commits), d with D3 (0.5 h). d1: one deployment, a failed change. d2: two, D2 a
+    failed change (it caused the incident), D3 unplanned."""
+    actor = as_actor(bob)
+    step = rollups_settle if runs == "after every report" else (lambda: None)
+
+    def ship(at_time, version, commits, **fields):
+        with clock.frozen_at(at_time):
+            result = services.deployment_record(
+                actor=actor, board_id=board.pk, version=version, environment="production",
+                status="success", card_numbers=[],
+                commits=[services.Commit(sha=sha, timestamp=when) for sha, when in commits],
+                **fields,
+            )  # fmt: skip
+        step()
+        return result.event.pk
+
+    a, b, c = ("aaaa", at(0, 0)), ("bbbb", at(0, 2)), ("cccc", at(0, 5))
+    d1 = ship(at(1, 0), "1", [a, b])
+    with clock.frozen_at(at(1, 1)):
+        services.deployment_roll_back(actor=actor, deployment_id=d1)
+    step()
+    d2 = ship(at(2, 0), "2", [b, c])
+    with clock.frozen_at(at(2, 3)):
+        incident = services.incident_open(
+            actor=actor, board_id=board.pk, title="down", cause_deployment_id=d2
+        ).pk
+    step()
+    d3 = ship(at(2, 4), "3", [("dddd", at(2, 3) + datetime.timedelta(minutes=30))],
+              hotfix=True, fixes_incident_ids=[incident])  # fmt: skip
+    with clock.frozen_at(at(2, 6)):
+        services.incident_resolve(actor=actor, incident_id=incident)
+    rollups_settle()
+    built = projections()
+    assert [row[1:] for row in built["changes"]] == [
+        ("aaaa", at(0, 0), None, None, None),
+        ("bbbb", at(0, 2), d2, at(2, 0), 46 * HOUR),
+        ("cccc", at(0, 5), d2, at(2, 0), 43 * HOUR),
+        ("dddd", at(2, 3) + datetime.timedelta(minutes=30), d3, at(2, 4), 0.5 * HOUR),
+    ]
+    assert built["incidents"] == [(incident, at(2, 3), d2, at(2, 6), None, at(2, 4))]
+    days = DailyRollup.objects.filter(board=board).values_list(
+        "day", "deployments", "successful_deployments", "failed_changes",
+        "unplanned_deployments", "changes", "change_lead_p50",
+    )  # fmt: skip
+    assert list(days) == [
+        (at(1, 0).date(), 1, 0, 1, 0, 0, None),
+        (at(2, 0).date(), 2, 2, 1, 1, 3, 43 * HOUR),
+    ]
+    rollups_rebuild()
+    assert projections() == built
 
 
 @pytest.mark.sqlite
