@@ -459,9 +459,10 @@ def metric_cards(
         MetricCard(
             key="lead_time",
             name="Lead time for changes",
-            value=duration_text(m.lead_time.p50),
+            value=duration_text(m.change_lead_time.p50),
             qualifier="p50",
-            detail=f"p85 {duration_text(m.lead_time.p85)} · {m.lead_time.count} changes",
+            detail=f"p85 {duration_text(m.change_lead_time.p85)} · "
+            f"{m.change_lead_time.count} changes",
             help=HELP["lead_time"],
             tier=m.lead_time_tier,
             dora=True,
@@ -470,7 +471,7 @@ def metric_cards(
             key="change_failure",
             name="Change failure rate",
             value=percent_text(m.change_failure_rate),
-            detail=f"{m.failed_deployments} of {m.deployments} deployments failed",
+            detail=f"{m.failed_changes} of {m.deployments} deployments failed",
             help=HELP["change_failure"],
             tier=m.change_failure_tier,
             dora=True,
@@ -503,8 +504,8 @@ def metric_cards(
         MetricCard(
             key="rework",
             name="Rework rate",
-            value=percent_text(m.rework_rate),
-            detail=f"{m.rework} card{'s' * (m.rework != 1)} sent back from Deployed",
+            value=percent_text(m.sent_back_rate),
+            detail=f"{m.sent_back} card{'s' * (m.sent_back != 1)} sent back from Deployed",
             help=HELP["rework"],
         ),
         MetricCard(

@@ -123,30 +123,33 @@ def deployment_record(
         locked = Card.objects.select_for_update(of=("self",), no_key=True)
         list(locked.filter(pk__in=[card.pk for card in cards]).order_by("pk").values_list("pk"))
     # The deployment is recorded first, so the moves it makes can name it.
+    fields: events.DeploymentFields = {
+        "version": version,
+        "environment": environment,
+        "status": status,
+        "url": url,
+        "started_at": events.iso(started_at),
+        "finished_at": events.iso(finished_at),
+        "commits": [
+            {
+                "sha": c.sha,
+                "timestamp": events.iso(c.timestamp),
+                "message": c.message,
+            }
+            for c in commits
+        ],
+        "cards": [{"id": c.pk, "ref": c.ref, "number": c.number} for c in cards],
+    }
+    # Written only when set, so that an ordinary deployment's payload is as it always was.
+    if hotfix:
+        fields["hotfix"] = True
+    if fixes:
+        fields["fixes_incidents"] = fixes
     event = log.record(
         actor=actor,
         board=board,
         event=events.DeploymentRecorded(
-            deployment={
-                "version": version,
-                "environment": environment,
-                "status": status,
-                "url": url,
-                "started_at": events.iso(started_at),
-                "finished_at": events.iso(finished_at),
-                "commits": [
-                    {
-                        "sha": c.sha,
-                        "timestamp": events.iso(c.timestamp),
-                        "message": c.message,
-                    }
-                    for c in commits
-                ],
-                "cards": [{"id": c.pk, "ref": c.ref, "number": c.number} for c in cards],
-                **({"hotfix": True} if hotfix else {}),
-                **({"fixes_incidents": fixes} if fixes else {}),
-            },
-            moves_to=target.name if target is not None else None,
+            deployment=fields, moves_to=target.name if target is not None else None
         ),
     )
     moved: list[Card] = []

@@ -31,7 +31,9 @@ def history(board, bob):
     | B    | d0 09h  | d1 09h      | d1 12h (CI)       | d0 08h       | 28h  | 3h    |
     | C    | d1 09h  | d1 10h      | d2 10h (manual)   | -            | 24h  | 24h   |
     | D    | d2 09h  | d2 12h      | d3 13h (CI, after a failure at d3 10h) | d2 11h | 26h | 25h |
-    C goes back to In Progress at d4 09h (rework).
+    C goes back to In Progress at d4 09h (sent back).
+    Each day's deployments list one commit of their own: the change of d0 08h ships at d1 12h
+    (28 h), that of d2 11h at d3 13h (26 h; the deployment at d3 10h with it failed).
     """
     actor = as_actor(bob)
     ci = Actor(user=bob, source=Source.API, via="ci")
@@ -54,7 +56,7 @@ def history(board, bob):
         step(moment, lambda: services.deployment_record(
             actor=ci, board_id=board.pk, version=f"v{moment.day}", environment="production",
             status=status, card_numbers=[c.number for c in cards],
-            commits=[services.Commit(sha="abcdef12", timestamp=commit_at)],
+            commits=[services.Commit(sha=f"abcdef{moment.day:02x}", timestamp=commit_at)],
         ))  # fmt: skip
 
     a = create(at(0, 9), "A")
@@ -95,10 +97,14 @@ def test_each_card_delivery_carries_its_lead_and_cycle_time(history):
 
 def test_the_weeks_delivery_metrics_match_the_hand_computed_ones(history):
     m = delivery_metrics(board_id=history.pk, window=Window(start=at(0, 0), end=at(7, 0)))
-    assert (m.deployments, m.failed_deployments) == (4, 1)
-    assert m.per_day == pytest.approx(4 / 7)
-    assert m.per_week == pytest.approx(4)
+    assert (m.deployments, m.successful_deployments, m.failed_deployments) == (4, 3, 1)
+    assert (m.failed_changes, m.unplanned_deployments, m.deployment_rework_rate) == (1, 0, 0)
+    assert m.per_day == pytest.approx(3 / 7)  # successful ones only
+    assert m.per_week == pytest.approx(3)
     assert m.frequency_tier == "high"
+    assert m.change_lead_time.p50 == pytest.approx(27 * HOUR)
+    assert m.change_lead_time.p85 == pytest.approx(27.7 * HOUR)
+    assert (m.change_lead_time.count, m.changes_clamped) == (2, 0)
     assert m.lead_time.p50 == pytest.approx(27 * HOUR)
     assert m.lead_time.p85 == pytest.approx(28 * HOUR)
     assert m.lead_time_tier == "high"
@@ -108,7 +114,8 @@ def test_the_weeks_delivery_metrics_match_the_hand_computed_ones(history):
     assert m.change_failure_tier == "low"
     assert m.recovery_time.p50 == pytest.approx(3 * HOUR)
     assert m.recovery_tier == "high"
-    assert (m.throughput, m.rework, m.rework_rate) == (4, 1, 0.25)
+    assert (m.throughput, m.sent_back, m.sent_back_rate) == (4, 1, 0.25)
+    assert (m.incidents, m.open_incidents) == (0, 0)
 
 
 def test_daily_rollups_hold_each_days_numbers(history):
@@ -125,11 +132,11 @@ def test_daily_rollups_hold_each_days_numbers(history):
     }
 
 
-def test_a_window_without_deployments_is_low_and_has_no_medians(history):
+def test_a_window_without_deployments_has_no_tier_and_no_medians(history):
     m = delivery_metrics(board_id=history.pk, window=Window(start=at(30, 0), end=at(37, 0)))
     assert (m.deployments, m.frequency_tier, m.lead_time.p50, m.change_failure_rate) == (
         0,
-        "low",
+        None,
         None,
         None,
     )
