@@ -1,4 +1,5 @@
-"""Database triggers that make `activity_event` append-only, and stamp its transaction id.
+"""Database triggers that make `activity_event` append-only, and stamp its transaction id;
+keep the chain heads moving forward, snapshots written once and the legacy seal as sealed.
 
 Kept here, not inline in one migration, because SQLite drops a table's triggers whenever a
 migration rebuilds the table: a later migration that alters `activity_event` must run
@@ -145,14 +146,60 @@ SQLITE_CHAIN = [
        BEGIN SELECT RAISE(ABORT, 'activity_boardsnapshot is append-only: REPLACE refused'); END""",
 ]
 
+# The legacy seal (activity.models.LegacySeal) is written once, by migration 0010, before
+# these exist; from then on it is what tells a sealed legacy event from a forged seq-less row,
+# so nobody may add to it, change it or remove from it: a row inserted into it would seal a
+# forgery. (A superuser can still bypass this; the seal then no longer matches the log.)
+POSTGRES_SEAL = """
+CREATE OR REPLACE FUNCTION activity_legacyseal_refuse_change() RETURNS trigger AS $$
+BEGIN
+    RAISE EXCEPTION 'activity_legacyseal is sealed: % refused', TG_OP
+        USING ERRCODE = 'restrict_violation';
+END
+$$ LANGUAGE plpgsql;
+
+DROP TRIGGER IF EXISTS activity_legacyseal_sealed ON activity_legacyseal;
+CREATE TRIGGER activity_legacyseal_sealed
+    BEFORE INSERT OR UPDATE OR DELETE ON activity_legacyseal
+    FOR EACH ROW EXECUTE FUNCTION activity_legacyseal_refuse_change();
+
+DROP TRIGGER IF EXISTS activity_legacyseal_no_truncate ON activity_legacyseal;
+CREATE TRIGGER activity_legacyseal_no_truncate
+    BEFORE TRUNCATE ON activity_legacyseal
+    FOR EACH STATEMENT EXECUTE FUNCTION activity_legacyseal_refuse_change();
+"""
+
+POSTGRES_SEAL_DROP = (
+    "DROP TRIGGER IF EXISTS activity_legacyseal_sealed ON activity_legacyseal;"
+    "DROP TRIGGER IF EXISTS activity_legacyseal_no_truncate ON activity_legacyseal;"
+)
+
+# An INSERT OR REPLACE is an INSERT first: the insert trigger refuses it too.
+SQLITE_SEAL = [
+    "DROP TRIGGER IF EXISTS activity_legacyseal_no_insert",
+    """CREATE TRIGGER activity_legacyseal_no_insert BEFORE INSERT ON activity_legacyseal
+       BEGIN SELECT RAISE(ABORT, 'activity_legacyseal is sealed: INSERT refused'); END""",
+    "DROP TRIGGER IF EXISTS activity_legacyseal_no_update",
+    """CREATE TRIGGER activity_legacyseal_no_update BEFORE UPDATE ON activity_legacyseal
+       BEGIN SELECT RAISE(ABORT, 'activity_legacyseal is sealed: UPDATE refused'); END""",
+    "DROP TRIGGER IF EXISTS activity_legacyseal_no_delete",
+    """CREATE TRIGGER activity_legacyseal_no_delete BEFORE DELETE ON activity_legacyseal
+       BEGIN SELECT RAISE(ABORT, 'activity_legacyseal is sealed: DELETE refused'); END""",
+]
+
 # Every trigger, for whoever must drop and re-create them all (the test suite's flush).
-SQLITE = [*SQLITE_EVENT, *SQLITE_CHAIN]
+SQLITE = [*SQLITE_EVENT, *SQLITE_CHAIN, *SQLITE_SEAL]
 
 
 def _chain_tables_exist(schema_editor: BaseDatabaseSchemaEditor) -> bool:
     """Migrations before 0006 install the event triggers only: the other tables come later."""
     tables = set(schema_editor.connection.introspection.table_names())
     return {"activity_chainhead", "activity_boardsnapshot"} <= tables
+
+
+def _seal_exists(schema_editor: BaseDatabaseSchemaEditor) -> bool:
+    """The seal's table comes with migration 0010, which writes the seal before installing."""
+    return "activity_legacyseal" in schema_editor.connection.introspection.table_names()
 
 
 def install(apps, schema_editor: BaseDatabaseSchemaEditor) -> None:
@@ -164,9 +211,12 @@ def install(apps, schema_editor: BaseDatabaseSchemaEditor) -> None:
             cursor.execute(POSTGRES)
             if _chain_tables_exist(schema_editor):
                 cursor.execute(POSTGRES_CHAIN)
+            if _seal_exists(schema_editor):
+                cursor.execute(POSTGRES_SEAL)
     elif vendor == "sqlite":
         chain = SQLITE_CHAIN if _chain_tables_exist(schema_editor) else []
-        for statement in [*SQLITE_EVENT, *chain]:
+        seal = SQLITE_SEAL if _seal_exists(schema_editor) else []
+        for statement in [*SQLITE_EVENT, *chain, *seal]:
             schema_editor.execute(statement)
     else:
         raise NotImplementedError(f"No append-only triggers for {vendor}")
@@ -188,7 +238,20 @@ def uninstall(apps, schema_editor: BaseDatabaseSchemaEditor) -> None:
                 "DROP TRIGGER IF EXISTS activity_snapshot_no_truncate ON activity_boardsnapshot;"
                 "DROP TRIGGER IF EXISTS activity_event_chained ON activity_event;"
             )
+        if _seal_exists(schema_editor):
+            schema_editor.execute(POSTGRES_SEAL_DROP)
     elif vendor == "sqlite":
         for statement in SQLITE:
+            if statement.startswith("DROP"):
+                schema_editor.execute(statement)
+
+
+def seal_uninstall(apps, schema_editor: BaseDatabaseSchemaEditor) -> None:
+    """Drop the seal's triggers only (migration 0011 backwards)."""
+    vendor = schema_editor.connection.vendor
+    if vendor == "postgresql":
+        schema_editor.execute(POSTGRES_SEAL_DROP)
+    elif vendor == "sqlite":
+        for statement in SQLITE_SEAL:
             if statement.startswith("DROP"):
                 schema_editor.execute(statement)

@@ -124,7 +124,9 @@ class LegacySeal(models.Model):
     """A board's events from before the hash chain (no seq), sealed when migration 0010 ran:
     how many, which ids (as [first, last] runs) and a digest of their content
     (activity.chain.legacy_digest). A seq-less event that is not among them was written
-    behind the application's back; a board without a seal has no legacy events at all."""
+    behind the application's back; a board without a seal has no legacy events at all.
+    Written once: the database refuses any later INSERT, UPDATE or DELETE (migration 0011,
+    activity.dbtriggers), so no row can be added to seal a forgery."""
 
     board = models.OneToOneField(
         "boards.Board", primary_key=True, on_delete=models.PROTECT, related_name="+"

@@ -9,6 +9,11 @@ the run breaks things, one scenario after the other:
 
 - load: the users alone (2 minutes; QUICK=1: 30 s): no error, every accepted change in the
   log exactly once, every card in exactly one place, `verify_activity` clean;
+- hostile: attacks while the users work (chaos/hostile.py): forged INSERTs into the log and
+  the legacy seal refused by the database, an editor's token named after the board's admin
+  logged as "<editor> via token <admin>", hostile input answered 4xx, never 5xx, usernames
+  not probeable through assignees, a logged-out session's stream ended at once, the stream
+  over the per-user cap a 429 with Retry-After; then the same checks as after the load;
 - redis: Redis killed for 30 s (10 s) under load: zero 5xx, the board keeps accepting moves,
   and afterwards the rollups catch up to exactly what `rollups --rebuild` gives;
 - pg: PostgreSQL restarted under load: only clean 503s with Retry-After, recovery within

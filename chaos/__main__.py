@@ -13,7 +13,7 @@ from chaos.report import table, write_json
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m chaos")
     parser.add_argument("--quick", action="store_true", default=os.environ.get("QUICK") == "1",
-                        help="shorter phases (about two minutes in all)")  # fmt: skip
+                        help="shorter phases (about four minutes in all)")  # fmt: skip
     parser.add_argument("--only", default="", help="comma-separated scenarios to run after "
                         f"the load: {','.join(scenarios.FAULTS)}")  # fmt: skip
     args = parser.parse_args(argv)

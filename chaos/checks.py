@@ -150,15 +150,18 @@ def wait_caught_up(timeout: float) -> float | None:
 
 
 def projections_dump() -> dict[str, list[tuple]]:
-    """Every projection row without its id, a deployment card by its deployment's event."""
-    from delivery.models import DeploymentCard
+    """Every projection row without its id; a row naming a deployment (a deployment card, a
+    commit, a change) names it by the event that recorded it, as a rebuild renumbers them."""
+    from delivery.models import Deployment
     from delivery.rollups import PROJECTIONS
 
     dump = {}
     for model in PROJECTIONS:
-        names = [f.attname for f in model._meta.concrete_fields if not f.primary_key]
-        if model is DeploymentCard:
-            names = ["deployment__event_id" if n == "deployment_id" else n for n in names]
+        names = [
+            f"{f.name}__event_id" if f.is_relation and f.related_model is Deployment else f.attname
+            for f in model._meta.concrete_fields
+            if not f.primary_key
+        ]
         rows = model.objects.values_list(*names)
         dump[model._meta.db_table] = sorted(rows, key=repr)
     return dump

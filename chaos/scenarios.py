@@ -2,6 +2,7 @@
 
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -11,9 +12,10 @@ from chaos.report import Scenario, traffic_figures
 
 if TYPE_CHECKING:
     from bench.server import Server
+    from chaos.hostile import Cast
     from chaos.traffic import BoardInfo, Traffic
 
-FAULTS = ["redis", "pg", "worker", "beat"]
+FAULTS = ["hostile", "redis", "pg", "worker", "beat"]
 OWNER = "chaos-owner"
 PASSWORD = "chaos-password-1"
 
@@ -243,6 +245,191 @@ def load(stack: Stack) -> Scenario:
     return scenario
 
 
+def _cast(stack: Stack) -> "Cast":
+    """The hostile scenario's people on the first board: an editor who attacks, a viewer and
+    a streamer (members), and two people on no board, one of them staff."""
+    from activity.log import Actor
+    from bench import data
+    from boards import services
+    from boards.models import Board, Role
+    from chaos.hostile import Cast
+
+    board = stack.boards[0]
+    board_id = Board.objects.get(key=board.key).pk
+    roles = {
+        "chaos-mallory": Role.EDITOR,
+        "chaos-viewer": Role.VIEWER,
+        "chaos-streamer": Role.VIEWER,
+    }
+    for username, role in roles.items():
+        user = data.user_make(username)
+        services.membership_set(
+            actor=Actor(user=stack.owner), board_id=board_id, user_id=user.pk, role=role
+        )
+    data.user_make("chaos-outsider")
+    staff = data.user_make("chaos-staff")
+    staff.is_staff = True
+    staff.save(update_fields=["is_staff"])
+    return Cast(
+        board=board.key,
+        admin=OWNER,
+        editor="chaos-mallory",
+        viewer="chaos-viewer",
+        streamer="chaos-streamer",
+        strangers=("chaos-outsider", "chaos-staff"),
+        card=f"{board.key}-1",
+        password=PASSWORD,
+    )
+
+
+def _attack[T](scenario: Scenario, name: str, attack: Callable[[], T]) -> T | None:
+    """Run one attack; one that fails to run is a failed check, and the others still run."""
+    try:
+        return attack()
+    except Exception as error:
+        scenario.check(f"{name}: ran", False)
+        scenario.notes.append(f"{name}: {type(error).__name__}: {error}")
+        return None
+
+
+def hostile(stack: Stack) -> Scenario:
+    """The attacks of chaos.hostile, one after the other while the load runs."""
+    from activity import live
+    from activity.models import Event
+    from boards.models import Board
+    from chaos import hostile as attacks
+
+    t = stack.timing
+    scenario = Scenario("hostile (attacks under load)")
+    cast = _cast(stack)
+    board_id = Board.objects.get(key=cast.board).pk
+    port = stack.server.port
+    found: dict = {}
+
+    def attack(started):
+        time.sleep(t.lead)
+        found["forged"] = _attack(scenario, "forged rows", lambda: attacks.forged_inserts(board_id))
+        editor = _attack(
+            scenario, "editor's login", lambda: attacks.browser(port, cast.editor, cast.password)
+        )
+        if editor is not None:
+            made = _attack(
+                scenario,
+                "token named after the admin",
+                lambda: attacks.impersonate(port, cast, editor),
+            )
+            if made is not None:
+                found["impersonation"], token = made
+                if found["impersonation"].version:  # an accepted change, like any other
+                    moved = found["impersonation"]
+                    stack.traffic.ledger.add("moves", (moved.card_id, moved.version))
+                found["input"] = _attack(
+                    scenario,
+                    "hostile input",
+                    lambda: attacks.hostile_send(port, cast, editor, token),
+                )
+                found["probe"] = _attack(
+                    scenario, "username probe", lambda: attacks.usernames_probe(port, cast, token)
+                )
+        found["logout"] = _attack(
+            scenario,
+            "stream after logout",
+            lambda: attacks.stream_after_logout(port, cast, live.HEARTBEAT + 5),
+        )
+        found["cap"] = _attack(
+            scenario,
+            "streams over the cap",
+            lambda: attacks.streams_over_the_cap(port, cast, live.STREAMS_PER_USER),
+        )
+
+    started, ended, _ = _traffic(stack, 0, attack)
+    figures = traffic_figures(stack.traffic.between(started, ended))
+    scenario.figures.update(figures)
+    scenario.check("error rate 0 for the users meanwhile", figures["errors"] == 0)
+    _hostile_judge(scenario, cast, found)
+    checks.fresh_connection()
+    written = Event.objects.filter(actor__username=cast.editor).count()
+    scenario.figures["events by the attacker"] = written
+    scenario.check("the attacks wrote nothing but the token's one move", written == 1)
+    _ledger(scenario, stack)
+    _integrity(scenario, stack)
+    return scenario
+
+
+def _hostile_judge(scenario: Scenario, cast: "Cast", found: dict) -> None:
+    """Each attack's figures and checks (an attack that did not run has its failed check)."""
+    from activity import live
+
+    if found.get("forged") is not None:
+        refused = found["forged"]
+        scenario.figures["forged INSERTs refused"] = f"{sum(refused.values())} / {len(refused)}"
+        scenario.check("every forged INSERT refused by the database", all(refused.values()))
+        scenario.notes.extend(f"forged INSERT accepted: {w}" for w, ok in refused.items() if not ok)
+    if found.get("impersonation") is not None:
+        moved = found["impersonation"]
+        expected = moved.expected(cast.editor)
+        scenario.figures["token move logged as"] = (
+            moved.label or f"- (move answered {moved.status})"
+        )
+        scenario.check(
+            f'the token\'s move is logged as "{expected}", never the admin',
+            moved.version > 0
+            and (moved.actor_name, moved.via) == (cast.editor, cast.admin)
+            and moved.label == expected,
+        )
+        scenario.check(
+            "the activity feed says so, naming no one else",
+            moved.feed_shows_label and not moved.feed_names_admin,
+        )
+    if found.get("input") is not None:
+        answers = found["input"]
+        statuses: dict[str, int] = {}
+        for _, status in answers:
+            statuses[str(status or "no answer")] = statuses.get(str(status or "no answer"), 0) + 1
+        scenario.figures["hostile requests"] = len(answers)
+        scenario.figures["hostile answers"] = dict(sorted(statuses.items()))
+        scenario.check(
+            "hostile input: every answer a 4xx, none a 5xx",
+            all(400 <= status < 500 for _, status in answers),
+        )
+        scenario.notes.extend(
+            f"hostile input: {what} answered {status or 'nothing'}"
+            for what, status in answers
+            if not 400 <= status < 500
+        )
+    if found.get("probe") is not None:
+        probe = found["probe"]
+        scenario.figures["username probe answers"] = len(set(probe.values()))
+        scenario.check(
+            "assignee probe: a name no one has and strangers read the same",
+            len(set(probe.values())) == 1
+            and all(400 <= status < 500 for status, _ in probe.values()),
+        )
+        if len(set(probe.values())) != 1:
+            scenario.notes.append(f"assignee probe: {probe}")
+    if found.get("logout") is not None:
+        status, seconds, sent = found["logout"]
+        scenario.figures["stream ended after logout s"] = (
+            round(seconds, 2) if seconds is not None else None
+        )
+        scenario.check(
+            "a stream whose session logged out ended at once (not at its next heartbeat)",
+            status == 200 and seconds is not None and seconds < live.HEARTBEAT / 2,
+        )
+        if seconds is None:
+            scenario.notes.append(f"stream after logout: status {status}, events {sent}")
+    if found.get("cap") is not None:
+        opened, extra, retry_after = found["cap"]
+        scenario.figures["streams opened / cap"] = (
+            f"{sum(s == 200 for s in opened)} / {live.STREAMS_PER_USER}"
+        )
+        scenario.figures["stream over the cap"] = f"{extra}, Retry-After {retry_after}"
+        scenario.check(
+            f"{live.STREAMS_PER_USER} streams open, the next one a 429 with Retry-After",
+            all(s == 200 for s in opened) and extra == 429 and bool(retry_after),
+        )
+
+
 def redis(stack: Stack) -> Scenario:
     t = stack.timing
     scenario = Scenario(f"redis killed {t.redis_down:.0f} s")
@@ -356,8 +543,8 @@ def worker(stack: Stack) -> Scenario:
     scenario.check(f"task {task.id[:8]} redelivered to the new worker", redelivered)
     _rebuild(scenario, killed)
     scenario.figures["catch-up s"] = scenario.figures.pop("recovery s")
-    scenario.notes.append("the BULK backlog board is written in bulk by bench.data, without "
-                          "a hash chain; verify_activity runs on the load boards")  # fmt: skip
+    scenario.notes.append("the BULK backlog board is written in bulk by bench.data; "
+                          "verify_activity runs on the load boards")  # fmt: skip
     return scenario
 
 

@@ -16,11 +16,12 @@ def _lost_connections_are_connection_errors() -> None:
 
     kombu 5.7's Redis channel, once its connection is gone, still tries to reach Redis to
     hand back unacknowledged tasks or to acknowledge a task that just finished; it then
-    fails looking up connection parameters on None (`make chaos` killed the worker both
-    ways). Raising a connection error there instead lets kombu's own handling take over:
-    the worker logs it, reconnects when Redis returns, and a task it could not acknowledge
-    is delivered again by the visibility sweep (CELERY_VISIBILITY_TIMEOUT). Every task is
-    idempotent, so running one twice is harmless.
+    fails looking up connection parameters on None: the channel's transport is gone, or
+    the transport is still there but its connection (`client`) was closed under it (`make
+    chaos` killed the worker all three ways). Raising a connection error there instead lets
+    kombu's own handling take over: the worker logs it, reconnects when Redis returns, and
+    a task it could not acknowledge is delivered again by the visibility sweep
+    (CELERY_VISIBILITY_TIMEOUT). Every task is idempotent, so running one twice is harmless.
     """
     from kombu.transport import redis as kombu_redis
     from redis.exceptions import ConnectionError as RedisConnectionError
@@ -29,7 +30,7 @@ def _lost_connections_are_connection_errors() -> None:
     connparams = kombu_redis.Channel._connparams  # type: ignore[attr-defined]
 
     def _connparams(self, *args, **kwargs):
-        if self.connection is None:
+        if self.connection is None or self.connection.client is None:
             raise RedisConnectionError("the connection to Redis is closed")
         return connparams(self, *args, **kwargs)
 

@@ -21,6 +21,7 @@ here is listed below (tests/test_project.py holds that), and in the README's Con
 | MAX_REQUEST_BODY_BYTES      | 2 MiB                                               |
 | CELERY_VISIBILITY_TIMEOUT   | 900 seconds before an unacknowledged task returns   |
 | ROLLUPS_EVERY_SECONDS       | 60: how often beat brings the rollups up to date    |
+| SNAPSHOTS_EVERY_SECONDS     | 600: how often beat writes the replay snapshots due |
 | LOGIN_FAILURES_PER_USERNAME | 5 failed logins before a username is locked out     |
 | LOGIN_FAILURES_PER_ADDRESS  | 20 failed logins before an address is locked out    |
 | LOGIN_LOCKOUT_SECONDS       | 900                                                 |
@@ -241,10 +242,15 @@ CELERY_TIMEZONE = "UTC"
 # The worker logs through LOGGING below (JSON lines), like the web processes.
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 ROLLUPS_EVERY_SECONDS = float(os.environ.get("ROLLUPS_EVERY_SECONDS", "60"))
+SNAPSHOTS_EVERY_SECONDS = float(os.environ.get("SNAPSHOTS_EVERY_SECONDS", "600"))
 CELERY_BEAT_SCHEDULE = {
     "rollups-every-minute": {
         "task": "delivery.tasks.rollups_advance_task",
         "schedule": ROLLUPS_EVERY_SECONDS,
+    },
+    "snapshots-every-ten-minutes": {
+        "task": "history.tasks.snapshots_advance_task",
+        "schedule": SNAPSHOTS_EVERY_SECONDS,
     },
 }
 

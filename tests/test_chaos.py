@@ -240,3 +240,91 @@ def test_a_task_whose_worker_dies_is_delivered_again(board, tmp_path):
         except subprocess.TimeoutExpired:
             worker.kill()
             worker.wait()
+
+
+@pytest.mark.skipif(not settings.REDIS_URL, reason="kombu's Redis transport")
+def test_a_channel_left_behind_by_a_closed_broker_connection_fails_as_a_connection_error():
+    """What killed the chaos worker while Redis was away: its connection was closed (closing
+    its channels failed, Redis being gone, and was ignored), and a channel left open then
+    looked up the connection's parameters on None. flux/celery.py makes that the connection
+    error kombu handles by reconnecting, whichever half is gone."""
+    from kombu import Connection
+    from kombu.transport.redis import Channel
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    import flux.celery  # noqa: F401  (the patch is applied when the Celery app is made)
+
+    with Connection(settings.CELERY_BROKER_URL) as broker:
+        channel = broker.channel()
+        assert isinstance(channel, Channel)
+        connparams = channel._connparams  # type: ignore[attr-defined]
+        # Connection._close's second half alone: the transport forgets its connection.
+        broker._do_close_transport()
+        assert channel.connection is not None and channel.connection.client is None
+        with pytest.raises(RedisConnectionError, match="closed"):
+            connparams()
+        channel.connection = None  # type: ignore[assignment]  # its transport gone too
+        with pytest.raises(RedisConnectionError, match="closed"):
+            connparams()
+
+
+# --- The hostile scenario's attacks, against a running server -----------------------------------
+
+ATTACK_PASSWORD = "hostile-attacks-pw-1"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_hostile_scenario_s_attacks_are_refused_by_a_running_server(
+    app_server, board, alice, bob, victor, mallory, staff
+):
+    """What `make chaos` runs in its "hostile" scenario, here against one test server: each
+    attack must be refused (or named for what it is), and none writes anything but the one
+    move the borrowed-name token makes."""
+    from activity import live
+    from boards import services
+    from boards.models import Role
+    from chaos import hostile, scenarios
+    from tests.conftest import make_user
+
+    assert "hostile" in scenarios.FAULTS  # a run without --only includes it
+    streamer = make_user("stella")
+    services.membership_set(
+        actor=as_actor(alice), board_id=board.pk, user_id=streamer.pk, role=Role.VIEWER
+    )
+    for person in (alice, bob, victor, streamer):
+        person.set_password(ATTACK_PASSWORD)
+        person.save(update_fields=["password"])
+    card = make_card(board)
+    cast = hostile.Cast(board="PAY", admin="alice", editor="bob", viewer="victor",
+                        streamer="stella", strangers=("mallory", "sam"), card=card.ref,
+                        password=ATTACK_PASSWORD)  # fmt: skip
+    port = app_server.port
+
+    assert hostile.forged_inserts(board.pk) == {
+        "event without a seq": True,
+        "event at a forged place in the chain": True,
+        "legacy seal over a forged event": True,
+    }
+    editor = hostile.browser(port, "bob", ATTACK_PASSWORD)
+    moved, token = hostile.impersonate(port, cast, editor)
+    assert (moved.status, moved.actor_name, moved.via) == (200, "bob", "alice")
+    assert moved.label == moved.expected("bob") == "bob via token alice"
+    assert moved.feed_shows_label and not moved.feed_names_admin
+
+    answers = hostile.hostile_send(port, cast, editor, token)
+    assert len(answers) == len(hostile.hostile_requests(cast))
+    assert [(what, status) for what, status in answers if not 400 <= status < 500] == []
+
+    probe = hostile.usernames_probe(port, cast, token)
+    assert len(probe) == 3 and len(set(probe.values())) == 1, probe
+    assert next(iter(probe.values()))[0] == 422
+
+    status, seconds, sent = hostile.stream_after_logout(port, cast, live.HEARTBEAT + 5)
+    assert status == 200 and seconds is not None, sent
+    assert seconds < live.HEARTBEAT / 2  # at once, through the channel, not at a heartbeat
+
+    opened, extra, retry_after = hostile.streams_over_the_cap(port, cast, live.STREAMS_PER_USER)
+    assert opened == [200] * live.STREAMS_PER_USER
+    assert extra == 429 and retry_after
+
+    assert Event.objects.filter(actor=bob).count() == 1  # the token's move, nothing else

@@ -8,9 +8,10 @@ from types import SimpleNamespace
 import pytest
 from django.apps import apps
 from django.db import DatabaseError, IntegrityError, connection, transaction
+from django.db.models import Max
 
-from activity import events
-from activity.chain import chain_verify
+from activity import dbtriggers, events
+from activity.chain import LEGACY_FIELDS, chain_verify, legacy_digest
 from activity.models import ChainHead, Event, LegacySeal
 from history.replay import board_replay, board_verify, events_between, seq_latest
 from tests.activity.test_chain import behind_the_apps_back, verify_output
@@ -111,10 +112,78 @@ def test_a_chained_row_with_an_id_never_given_is_named(board):
 
 
 def seal_now() -> None:
-    """What migration 0010 does: seal every board's seq-less events as they are."""
+    """What migration 0010 does: seal every board's seq-less events as they are. It ran before
+    the seal's triggers existed, so here it runs with them off (as behind_the_apps_back)."""
     migration = importlib.import_module("activity.migrations.0010_seal_legacy_and_refuse_unchained")
     editor = SimpleNamespace(connection=SimpleNamespace(alias="default"))
-    migration.seal_legacy_events(apps, editor)
+    drops = [sql for sql in dbtriggers.SQLITE_SEAL if sql.startswith("DROP")]
+    with transaction.atomic(), connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            cursor.execute("SET LOCAL session_replication_role = replica")
+        else:
+            for statement in drops:
+                cursor.execute(statement)
+        migration.seal_legacy_events(apps, editor)
+        if connection.vendor == "sqlite":
+            for statement in dbtriggers.SQLITE_SEAL:
+                cursor.execute(statement)
+
+
+SEAL_INSERT = (
+    "INSERT INTO activity_legacyseal (board_id, count, digest, ids, sealed_at)"
+    " VALUES (%s, %s, %s, %s, %s)"
+)
+
+
+def unused_id() -> int:
+    """An id past every event's (SQLite's sequence outlives the flush between tests)."""
+    return (Event.objects.aggregate(top=Max("id"))["top"] or 0) + 1000
+
+
+@pytest.mark.sqlite
+def test_a_plain_insert_into_the_legacy_seal_is_refused(board):
+    """Sealing a forged seq-less row by adding the board's seal: refused at the INSERT, and
+    the row stays named. (Before migration 0011 the INSERT was accepted and the forged
+    release verified as a legacy event.)"""
+    forged = unused_id()
+    behind_the_apps_back(insert_sql(), forged_row(board, forged))
+    _, digest, runs = legacy_digest(Event.objects.filter(pk=forged).values_list(*LEGACY_FIELDS))
+    sealed_at = Event.objects.get(pk=forged).occurred_at
+    with pytest.raises(DatabaseError, match="activity_legacyseal is sealed: INSERT refused"):
+        raw(SEAL_INSERT, [board.pk, 1, digest, json.dumps(runs), sealed_at])
+    assert not LegacySeal.objects.exists()
+    output, code = verify_output("--board", "PAY")
+    assert code == 1
+    assert f"event #{forged}: not in the chain and not legacy events" in output
+
+
+@pytest.mark.sqlite
+def test_the_legacy_seal_cannot_be_changed_or_removed(board):
+    comment = events.CommentAdded(ref="PAY-1", comment_id=1, body="from before the chain")
+    sealed = unused_id()
+    legacy = forged_row(board, sealed, kind=comment.kind, payload=comment.to_payload())
+    behind_the_apps_back(insert_sql(), legacy)
+    seal_now()
+    assert LegacySeal.objects.get(board=board).ids == [[sealed, sealed]]
+    # A forged row next to the sealed one, then the seal stretched over it: refused.
+    behind_the_apps_back(insert_sql(), [sealed + 1, *legacy[1:]])
+    stretch = f"UPDATE activity_legacyseal SET ids = '[[{sealed}, {sealed + 1}]]', count = 2"
+    for sql, operation in [(stretch, "UPDATE"), ("DELETE FROM activity_legacyseal", "DELETE")]:
+        with pytest.raises(DatabaseError, match=f"activity_legacyseal is sealed: {operation}"):
+            raw(sql, [])
+    with pytest.raises(DatabaseError, match="activity_legacyseal is sealed"):
+        LegacySeal.objects.filter(board=board).update(count=2)
+    assert LegacySeal.objects.get(board=board).ids == [[sealed, sealed]]
+    output, code = verify_output("--board", "PAY")
+    assert code == 1
+    assert f"event #{sealed + 1}: not in the chain and not a sealed legacy event" in output
+
+
+def test_truncating_the_legacy_seal_is_refused_by_postgresql(board):
+    if connection.vendor != "postgresql":
+        pytest.skip("TRUNCATE is PostgreSQL's")
+    with pytest.raises(DatabaseError, match="activity_legacyseal is sealed: TRUNCATE refused"):
+        raw("TRUNCATE activity_legacyseal", [])
 
 
 @pytest.mark.sqlite
