@@ -34,7 +34,14 @@ from boards.models import (
     Role,
     Stage,
 )
-from boards.problems import ERRORS, WRITE_ERRORS, IsoDate, IsoDateTime, Text
+from boards.problems import (
+    ERRORS,
+    WRITE_ERRORS,
+    WRITE_ERRORS_WITHOUT_CONFLICT,
+    IsoDate,
+    IsoDateTime,
+    Text,
+)
 from boards.rendering import FluxRequest
 
 User = get_user_model()
@@ -519,7 +526,7 @@ def _incident_out(opened: Event, resolved: Event | None) -> IncidentOut:
     )
 
 
-@router.post("/incidents", response={201: IncidentOut, **WRITE_ERRORS})
+@router.post("/incidents", response={201: IncidentOut, **WRITE_ERRORS_WITHOUT_CONFLICT})
 def incident_create(request: FluxRequest, payload: IncidentIn):
     """Open a production incident on a service, naming the deployment that caused it if
     known; it feeds the change failure rate and the recovery time."""

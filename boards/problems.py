@@ -16,8 +16,15 @@ class Problem(Schema):
     detail: str
 
 
-ERRORS = {400: Problem, 401: Problem, 403: Problem, 404: Problem, 422: Problem, 429: Problem}
-WRITE_ERRORS = ERRORS | {409: Problem}
+# What a route's own code refuses, for its `response=`; what every operation may also answer
+# (400, 401, 413, 422 for what breaks its schema, 429, 503, and the Idempotency-Key's answers on
+# POST) is declared for all by flux.openapi. Declare no status the route cannot answer:
+# tests/api/test_openapi_exact.py draws every declared one from every operation.
+ERRORS = {404: Problem}  # a read: what it names is not there, or not the token's to see
+# A write may also find the token below editor (403) or its input refused (422); most may
+# also conflict with the present state (409: a stale version, a full column, done already).
+WRITE_ERRORS_WITHOUT_CONFLICT = ERRORS | {403: Problem, 422: Problem}
+WRITE_ERRORS = WRITE_ERRORS_WITHOUT_CONFLICT | {409: Problem}
 
 
 ISO_START = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")

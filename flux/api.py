@@ -10,6 +10,7 @@ from typing import cast
 
 from django.conf import settings
 from django.core.cache import cache
+from django.core.exceptions import TooManyFieldsSent
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import DataError
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
@@ -21,6 +22,7 @@ from ninja.security import HttpBearer
 from boards.errors import FluxError, refusal_message, refusal_status
 from boards.rendering import FluxRequest
 from boards.tokens import token_actor, token_authenticate
+from flux.openapi import schema_complete
 
 PROBLEM_TYPES = "https://flux.invalid/problems/"
 
@@ -72,15 +74,9 @@ def _rate_limit(token_prefix: str) -> None:
 
 class FluxAPI(NinjaAPI):
     def get_openapi_schema(self, *args, **kwargs):
-        """Errors are documented as what they are: application/problem+json."""
-        schema = super().get_openapi_schema(*args, **kwargs)
-        for operations in schema["paths"].values():
-            for operation in operations.values():
-                for status, response in operation.get("responses", {}).items():
-                    content = response.get("content", {})
-                    if str(status).startswith("4") and "application/json" in content:
-                        content["application/problem+json"] = content.pop("application/json")
-        return schema
+        """Exact: every status and header each operation answers with (flux.openapi), errors
+        as what they are, application/problem+json."""
+        return schema_complete(super().get_openapi_schema(*args, **kwargs))
 
 
 api = FluxAPI(
@@ -137,15 +133,34 @@ def _refused_input(request, error: DjangoValidationError):
 
 @api.exception_handler(DataError)
 def _unstorable(request, error: DataError):
-    """A NUL character the database refuses is bad input; any other DataError is our bug."""
+    """A NUL character the database refuses is bad input; any other DataError is our bug.
+
+    In the path it names nothing, and is answered as every other path that names nothing
+    (`/cards/%00`, or `/boards/%00` on SQLite): 404.
+    """
     if "NUL" not in str(error):
         raise error
+    if "\x00" in request.path:
+        return _not_found(request, error)
     return problem(
         request,
         status=422,
         title="Invalid request",
         detail="Text in the request contains a NUL character, which Flux cannot store.",
         slug="invalid",
+    )
+
+
+@api.exception_handler(TooManyFieldsSent)
+def _too_many_fields(request, error: TooManyFieldsSent):
+    """Django's own refusal of a query string it will not parse, as problem details (Django
+    alone would answer an HTML 400 page)."""
+    return problem(
+        request,
+        status=400,
+        title="Bad request",
+        detail=f"A query string has at most {settings.DATA_UPLOAD_MAX_NUMBER_FIELDS} fields.",
+        slug="bad-request",
     )
 
 
