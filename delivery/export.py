@@ -1,11 +1,15 @@
 """Streaming CSV of deployment history: one row per card deployment, constant memory.
 
 Rows come from the projections (delivery.rollups) and are written RFC 4180-style (quoted
-when needed, CRLF line ends). A cell that a spreadsheet would run as a formula (starting with
-=, +, -, @, tab or carriage return) is prefixed with a single quote. A deployment that
-delivered no card (a failed one, say) is one row with the card columns empty. The `actor`
-column says who, as every page does (activity.describe.actor_label): the person, and the API
-token that acted for them, "maya via token deploy-bot".
+when needed, CRLF line ends). A deployment is named by its public id, the id of the event that
+recorded it (`Deployment.event_id`: what `POST /api/v1/deployments` answered; for a manual
+delivery, the move's event), never by a projection row's pk, which a rebuild renumbers; rows
+come in (deployed_at, that id, card_ref) order, so a rebuild changes no byte of an export. A
+cell that a spreadsheet would run as a formula (starting with =, +, -, @, tab or carriage
+return) is prefixed with a single quote. A deployment that delivered no card (a failed one,
+say) is one row with the card columns empty. The `actor` column says who, as every page does
+(activity.describe.actor_label): the person, and the API token that acted for them, "maya
+via token deploy-bot".
 
 On PostgreSQL the database writes the CSV itself: `COPY (SELECT ...) TO STDOUT WITH CSV`
 (`copy_query()`), with the filters, the formatting of `cell()` and the formula
@@ -92,7 +96,7 @@ _ACTOR = "CASE WHEN e.via = '' THEN d.actor_name ELSE d.actor_name || %(via_pref
 # per card by a hash join rather than by a subquery per row. (When many cards carry labels
 # the planner may prefer hash joins and one sort: still one aggregate per card.)
 COPY_SELECT = f"""
-SELECT d.id, d.service_key, d.service_name, d.environment, d.version, d.status, d.deployed,
+SELECT d.event_id, d.service_key, d.service_name, d.environment, d.version, d.status, d.deployed,
        {_TEXT.format("dc.card_ref")},
        {_TEXT.format("c.title")},
        {_TEXT.format("labels.names")},
@@ -101,7 +105,7 @@ SELECT d.id, d.service_key, d.service_name, d.environment, d.version, d.status, 
        {_SECONDS.format("dc.lead_time")},
        {_SECONDS.format("dc.cycle_time")},
        d.commit_shas, d.source, d.actor
-  FROM (SELECT d.id, d.deployed_at,
+  FROM (SELECT d.id, d.event_id, d.deployed_at,
                {_TEXT.format("b.key")} AS service_key,
                {_TEXT.format("b.name")} AS service_name,
                {_TEXT.format("d.environment")} AS environment,
@@ -119,7 +123,7 @@ SELECT d.id, d.service_key, d.service_name, d.environment, d.version, d.status, 
                   FROM jsonb_array_elements_text(d.commit_shas) WITH ORDINALITY AS s(sha, n)
                ) shas ON true
          WHERE {{where}}
-         ORDER BY d.deployed_at, d.id) d
+         ORDER BY d.deployed_at, d.event_id) d
   LEFT JOIN LATERAL (
         SELECT dc.card_id, dc.card_ref, dc.created_at, dc.started_at, dc.lead_time, dc.cycle_time
           FROM activity_deploymentcard dc
@@ -129,7 +133,7 @@ SELECT d.id, d.service_key, d.service_name, d.environment, d.version, d.status, 
   LEFT JOIN (SELECT cl.card_id, string_agg(l.name, ' ' ORDER BY l.name) AS names
                FROM boards_card_labels cl JOIN boards_label l ON l.id = cl.label_id
               GROUP BY cl.card_id) labels ON labels.card_id = dc.card_id
- ORDER BY d.deployed_at, d.id, dc.card_ref"""
+ ORDER BY d.deployed_at, d.event_id, dc.card_ref"""
 
 
 @dataclass(frozen=True)
@@ -145,7 +149,8 @@ class ExportFilter:
 
 
 def deployment_rows(*, scope: ExportFilter) -> QuerySet:
-    """The export's rows, oldest first, for the boards in scope only."""
+    """The export's rows, oldest first, for the boards in scope only; each deployment named by
+    its public id (its event's), which a rebuild of the projections keeps."""
     labels = Subquery(
         # django-stubs loses annotate() on an auto-created through model, so it refuses "names".
         Card.labels.through.objects.filter(card_id=OuterRef("cards__card_id"))  # type: ignore[misc]
@@ -167,8 +172,8 @@ def deployment_rows(*, scope: ExportFilter) -> QuerySet:
         rows = rows.filter(deployed_at__lt=scope.until)
     if scope.release:
         rows = rows.filter(version=scope.release)
-    return rows.order_by("deployed_at", "pk", "cards__card_ref").values_list(
-        "pk",
+    return rows.order_by("deployed_at", "event_id", "cards__card_ref").values_list(
+        "event_id",
         "board__key",
         "board__name",
         "environment",

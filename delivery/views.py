@@ -4,10 +4,16 @@ Both pages are plain GETs whose state lives in the URL (the window, the release)
 be bookmarked and shared; permission is the board page's own (`boards.queries.board_get`).
 """
 
+import datetime
+
+from django.core.exceptions import ValidationError
 from django.http import HttpResponse, StreamingHttpResponse
 from django.shortcuts import render
 from django.views.decorators.http import require_GET
+from pydantic import TypeAdapter
+from pydantic import ValidationError as PydanticValidationError
 
+from boards.problems import IsoDateTime
 from boards.queries import board_get, boards_visible
 from boards.rendering import FluxRequest, page_or_fragment_render
 from delivery import insights
@@ -51,7 +57,8 @@ def services_overview(request: FluxRequest) -> HttpResponse:
 
 @require_GET
 def deployments_csv(request: FluxRequest, key: str | None = None) -> StreamingHttpResponse:
-    """Deployment history as CSV: one board's (from its insights page) or every permitted one's."""
+    """Deployment history as CSV: one board's (from its insights page) or every permitted one's,
+    deployed in [`since`, `until`) when given (the insights page's link gives its window)."""
     actor = request.actor
     if key is not None:
         board = board_get(actor=actor, key=key)
@@ -60,5 +67,26 @@ def deployments_csv(request: FluxRequest, key: str | None = None) -> StreamingHt
         board_ids = frozenset(boards_visible(actor=actor).values_list("pk", flat=True))
         filename = "flux-deployments.csv"
     release = insights.release_name_parse(request.GET.get("release")) or ""
-    scope = ExportFilter(board_ids=board_ids, release=release)
+    scope = ExportFilter(
+        board_ids=board_ids,
+        since=_time_parse(request.GET.get("since"), field="since"),
+        until=_time_parse(request.GET.get("until"), field="until"),
+        release=release,
+    )
     return deployments_csv_response(request=request, scope=scope, filename=filename)
+
+
+_ISO_DATETIME = TypeAdapter(IsoDateTime)
+
+
+def _time_parse(value: str | None, *, field: str) -> datetime.datetime | None:
+    """`since`/`until` as the API reads them (ISO 8601, UTC when no offset is given), so the
+    insights page's link exports the window on screen; a bad one is a 422, never a 500."""
+    if not value:
+        return None
+    try:
+        return _ISO_DATETIME.validate_python(value)
+    except PydanticValidationError:
+        raise ValidationError(
+            {field: f"{field} must be an ISO 8601 date-time, like 2026-11-29T10:00:00Z."}
+        ) from None

@@ -2,16 +2,21 @@
 
 import csv
 import datetime
+import html
 import io
+import json
+import re
 import tracemalloc
 
 import pytest
+from django.core.management import call_command
 from django.db import transaction
 from django.http import StreamingHttpResponse
 from django.test import Client
 from django.utils import timezone
 
 from activity import clock
+from activity.events import EventKind
 from activity.log import Actor
 from activity.models import Event, Source
 from boards import services
@@ -242,3 +247,131 @@ def test_postgresql_copy_writes_the_same_bytes_as_the_python_writer(
         expected = "".join(csv_lines(deployment_rows(scope=scope).iterator())).encode()
         assert b"".join(export.copy_blocks(scope=scope)) == expected
     assert b'Tabbed\r\nand\n""quoted""' in expected  # line breaks inside a cell stay as they are
+
+
+# --- stable ids, and the window on screen -----------------------------------------------------
+
+
+def post_deployment(secret: str, body: dict) -> dict:
+    response = Client().post(
+        "/api/v1/deployments",
+        json.dumps(body),
+        content_type="application/json",
+        headers={"Authorization": f"Bearer {secret}"},
+    )
+    assert response.status_code == 201, response.content
+    return response.json()
+
+
+def export_bytes(scope: ExportFilter) -> dict[str, bytes]:
+    """The export by each path this database has: the ORM's rows through csv_lines, and on
+    PostgreSQL also COPY."""
+    from django.db import connection
+
+    from delivery import export
+
+    found = {"orm": "".join(csv_lines(deployment_rows(scope=scope).iterator())).encode()}
+    if connection.vendor == "postgresql":
+        found["copy"] = b"".join(export.copy_blocks(scope=scope))
+    return found
+
+
+@pytest.mark.sqlite
+def test_the_csv_names_deployments_by_their_api_ids_and_a_rebuild_changes_no_byte(
+    board, bob, alice
+):
+    """`deployment_id` is the id POST /api/v1/deployments answered (a manual delivery's: its
+    move's event id), rows in (deployed_at, id) order; a rebuild, which renumbers the
+    projection rows, changes no byte of the export, by COPY and by the ORM alike."""
+    _, secret = token_create(actor=Actor(user=bob), user=bob, name="ci")
+    with clock.frozen_at(CREATED):
+        cards = [make_card(board, title=f"card {i}", column_name="In Progress") for i in range(4)]
+    later = "2026-03-03T09:00:00Z"
+    posted = {
+        version: post_deployment(secret, {
+            "board": "PAY", "version": version, "environment": "production",
+            "status": "success", "cards": [cards[index].ref], "finished_at": finished,
+            "commits": [{"sha": f"abc{index}def", "timestamp": COMMITTED.isoformat()}],
+        })["id"]
+        for version, index, finished in [("3", 2, later), ("1", 0, "2026-03-02T12:30:00Z"),
+                                         ("2", 1, "2026-03-02T12:30:00Z")]
+    }  # fmt: skip
+    with clock.frozen_at(DEPLOYED):  # by hand, at the very moment of deployments 1 and 2
+        services.card_move(
+            actor=as_actor(alice),
+            card_id=cards[3].pk,
+            to_column_id=board.columns.get(name="Deployed").pk,
+            expected_version=None,
+        )
+    manual = Event.objects.filter(card=cards[3], kind=EventKind.CARD_MOVED).latest("pk").pk
+    rollups_settle()
+    scope = ExportFilter(board_ids=frozenset([board.pk]))
+    before = export_bytes(scope)
+    assert len(set(before.values())) == 1  # COPY and the ORM agree
+    rows = list(csv.DictReader(io.StringIO(before["orm"].decode())))
+    assert [(r["deployment_id"], r["version"], r["card_ref"]) for r in rows] == [
+        (str(posted["1"]), "1", "PAY-1"),
+        (str(posted["2"]), "2", "PAY-2"),
+        (str(manual), "", "PAY-4"),
+        (str(posted["3"]), "3", "PAY-3"),
+    ]
+    assert manual > posted["2"]  # same deployed_at: the id decides
+    assert read_csv(api_get(bob, "/api/v1/deployments.csv?board=PAY")) == rows
+    pks = set(Deployment.objects.values_list("pk", flat=True))
+
+    call_command("rollups", "--rebuild", stdout=io.StringIO())
+
+    assert pks.isdisjoint(Deployment.objects.values_list("pk", flat=True))  # renumbered
+    assert export_bytes(scope) == before
+
+
+def insights_csv_link(client, days: int) -> str:
+    page = client.get(f"/b/PAY/insights/?days={days}")
+    assert page.status_code == 200
+    found = re.findall(r'<a class="download" href="([^"]+)"', page.content.decode())
+    assert len(found) == 1
+    return html.unescape(found[0])
+
+
+@pytest.mark.sqlite
+@pytest.mark.parametrize("days", [30, 90, 365])
+def test_the_insights_csv_link_exports_the_window_on_screen(board, bob, client, days):
+    """The page's link carries its window: the CSV (by the web route, and by the API route
+    given the same query) holds the deployments the page counts, none before and none after."""
+    now = timezone.now()
+    ages = {"day-5": 5, "day-45": 45, "day-200": 200, "day-400": 400}
+    for version, age in ages.items():
+        services.deployment_record(
+            actor=as_actor(bob), board_id=board.pk, version=version, environment="production",
+            status="success", finished_at=now - datetime.timedelta(days=age),
+        )  # fmt: skip
+    rollups_settle()
+    client.force_login(bob)
+    link = insights_csv_link(client, days)
+    # Recorded after the page was drawn: not on it, so not in its export.
+    services.deployment_record(
+        actor=as_actor(bob), board_id=board.pk, version="after", environment="production",
+        status="success",
+    )  # fmt: skip
+    rollups_settle()
+    path, _, query = link.partition("?")
+    assert path == "/b/PAY/insights/deployments.csv"
+    shown = {version for version, age in ages.items() if age < days}
+    response = client.get(link)
+    assert response.status_code == 200
+    body = b"".join(response.streaming_content)
+    assert {r["version"] for r in csv.DictReader(io.StringIO(body.decode()))} == shown
+    through_api = api_get(bob, f"/api/v1/deployments.csv?board=PAY&{query}")
+    assert through_api.status_code == 200
+    assert b"".join(through_api.streaming_content) == body
+    everything = read_csv(client.get(path))
+    assert {r["version"] for r in everything} == {*ages, "after"}
+
+
+@pytest.mark.sqlite
+def test_a_bad_window_is_refused_with_a_422(board, bob, client):
+    client.force_login(bob)
+    for query in ["since=yesterday", "until=2026-13-01", "since=1900-01-01T00:00:00Z"]:
+        response = client.get(f"/b/PAY/insights/deployments.csv?{query}")
+        assert response.status_code == 422, query
+        assert "ISO 8601" in response.content.decode()
