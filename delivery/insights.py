@@ -8,12 +8,20 @@ straight from the log, and work in progress from the boards as they are now. "No
 
 Decisions made here:
 - A window is the last 30, 90 or 365 days up to now; weeks start on Monday, days are UTC days.
-- Only production deployments count, failed ones included (as in `delivery.metrics`).
+- The definitions are `delivery.metrics`'s (DORA's keys, then Flux's flow figures), and the
+  multi-board view uses the same ones: successful deployments for the frequency, failed
+  changes for the change failure rate, the per-change lead time.
+- One unit per figure on the whole page: a duration is shown in the unit that reads its
+  largest summary value naturally (minutes under an hour, hours under two days, else days),
+  and its card, chart and table all use that unit. Every figure carries its definition and
+  sample size as a hover title, and its raw value in data attributes.
+- A figure without data has no tier: "No data", not "low".
 - WIP: the open cards in the stages In Progress, In Review and Staging now. Work item age:
   how long each of them has been under way, from its first entry into In Progress (or, for a
   card that skipped it, from entering its present column).
 - The cumulative flow counts the open cards in each stage at the end of each UTC day (today:
   now). An archived card leaves it; a column whose stage is changed takes its cards along.
+- The incidents listed are those begun in the window (as the recovery time counts them).
 - The multi-board view measures the last 30 days, and its sparkline the last 12 weeks of
   seven days each, ending now.
 """
@@ -21,9 +29,9 @@ Decisions made here:
 import datetime
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
-from typing import Any, overload
+from typing import Any
 
-from django.db.models import Count, F, Max, OuterRef, Q, QuerySet, Subquery
+from django.db.models import Count, Exists, F, Max, OuterRef, Q, QuerySet, Subquery
 from django.db.models import Window as SqlWindow
 from django.db.models.functions import RowNumber, TruncWeek
 
@@ -35,17 +43,19 @@ from boards.models import LABEL_NAME_MAX_LENGTH, Board, Card, Label, LabelKind, 
 from boards.queries import board_list, boards_visible
 from delivery.metrics import (
     DAY,
+    FAILURES,
     HOUR,
     MONTH,
     WEEK,
     DeliveryMetrics,
+    Spread,
     Window,
     delivery_metrics,
     percentile,
     production,
     tier,
 )
-from delivery.models import Deployment, DeploymentCard
+from delivery.models import Change, Deployment, DeploymentCard, Incident
 
 UTC = datetime.UTC
 WINDOW_DAYS = (30, 90, 365)
@@ -53,6 +63,7 @@ DEFAULT_WINDOW_DAYS = 90
 SERVICE_WINDOW_DAYS = 30
 SPARKLINE_WEEKS = 12
 RECENT_DEPLOYMENTS = 15
+RECENT_INCIDENTS = 50
 SCATTER_LIMIT = 2000  # the newest points; the percentile lines still use every delivery
 RELEASE_NAMES = 50
 RECENT_RELEASES = 8
@@ -66,7 +77,8 @@ FLOW_KINDS = (
     EventKind.CARD_RESTORED,
 )
 KINDS_READ: frozenset[EventKind] = frozenset({*FLOW_KINDS, EventKind.COLUMN_UPDATED})
-# Deliveries come from the projections (delivery.rollups), the rest changes no card's stage.
+# Deliveries, incidents and rollbacks come from the projections (delivery.rollups), the rest
+# changes no card's stage.
 KINDS_IGNORED: frozenset[EventKind] = frozenset(
     {
         EventKind.BOARD_CREATED,
@@ -92,37 +104,90 @@ AGING_STAGES = (Stage.TODO.value, *WIP_STAGES)
 
 # The DORA bands of delivery.metrics.delivery_metrics, for numbers aggregated over many
 # boards at once; tests hold the two to the same tiers.
-FREQUENCY_BANDS = (1, 1 / 7, 1 / 30)  # deployments a day
+FREQUENCY_BANDS = (1, 1 / 7, 1 / 30)  # successful deployments a day
 LEAD_TIME_BANDS = (DAY, WEEK, MONTH)
 CHANGE_FAILURE_BANDS = (0.05000001, 0.10000001, 0.15000001)
 
+# What each tier of a DORA key means (the DORA 2023 report's clusters, made contiguous by
+# Flux: the report leaves gaps between some), for the hover of a tier badge.
+BANDS: dict[str, dict[str, str]] = {
+    "frequency": {
+        "elite": "on demand, several a day: at least one successful deployment a day",
+        "high": "at least one a week, less than one a day",
+        "medium": "at least one a month (30 days), less than one a week",
+        "low": "less than one a month",
+    },
+    "change_lead_time": {
+        "elite": "median under a day",
+        "high": "median under a week",
+        "medium": "median under a month (30 days)",
+        "low": "median a month or longer",
+    },
+    "change_failure": {
+        "elite": "at most 5 %",
+        "high": "at most 10 %",
+        "medium": "at most 15 %",
+        "low": "more than 15 %",
+    },
+    "recovery": {
+        "elite": "median under an hour",
+        "high": "median under a day",
+        "medium": "median under a week",
+        "low": "median a week or longer",
+    },
+}
+CONTIGUOUS = "DORA 2023's bands, made contiguous by Flux (the report leaves gaps between some)"
+
 HELP = {
     "frequency": (
-        "Production deployments a week: each one recorded by CI, and each manual move of a "
-        "card into Deployed; failed ones count too. Elite: at least one a day; high: one a "
-        "week; medium: one a month; low: fewer."
+        "Successful production deployments (not failed, not rolled back) in the window: each "
+        "one recorded by CI, and each card moved into Deployed by hand; per day, per week (7 "
+        f"days) and per month (30 days). Tiers ({CONTIGUOUS}): elite, on demand, several a day "
+        "(at least one a day); high, at least one a week; medium, at least one a month; low, "
+        "fewer."
     ),
-    "lead_time": (
-        "From the earliest commit CI supplied (else the first entry into In Progress) to the "
-        "card's production deployment; median and 85th percentile. Elite: under a day; high: "
-        "under a week; medium: under a month; low: longer."
+    "change_lead_time": (
+        "Per change: a commit CI reported with a timestamp (its earliest, if reported twice), "
+        "to the first successful production deployment that listed it and was not rolled "
+        "back; median and 85th percentile. A commit stamped after its deployment (clock skew) "
+        "counts as 0 and is counted; one without a timestamp, or not shipped yet, is not a "
+        "sample. A change counts in the window of its deployment. Tiers on the median "
+        f"({CONTIGUOUS}): elite under a day; high under a week; medium under a month; low "
+        "longer."
     ),
     "change_failure": (
-        "Failed production deployments divided by all production deployments. Elite: at most "
-        "5 %; high: 10 %; medium: 15 %; low: more."
+        "Production deployments that failed, were rolled back, or are named as the cause of "
+        "an incident, over all production deployments in the window (any status). Tiers "
+        f"({CONTIGUOUS}): elite at most 5 %; high 10 %; medium 15 %; low more."
     ),
     "recovery": (
-        "From a failed production deployment to the next successful one of the same service; "
-        "median. Elite: under an hour; high: under a day; medium: under a week; low: longer."
+        "One sample per failure that began in the window: a run of consecutive failed or "
+        "rolled-back production deployments, from the first to the next successful one (none "
+        "while it lasts); an incident, from its start to the first successful production "
+        "deployment that fixes it, else to its resolution (open ones give none and are "
+        f"counted). Median and 85th percentile. Tiers on the median ({CONTIGUOUS}): elite "
+        "under an hour; high under a day; medium under a week; low longer."
+    ),
+    "deployment_rework": (
+        "DORA's fifth key: unplanned production deployments (marked a hotfix, or fixing an "
+        "incident) over all production deployments in the window. DORA publishes no tiers "
+        "for it yet."
+    ),
+    "card_lead_time": (
+        "Flux's own, per card: from the first commit of the deployments that named the card "
+        "(else its first entry into In Progress, else its creation) to its production "
+        "deployment, never below 0; median and 85th percentile. A card shipped twice counts "
+        "twice. DORA's lead time is per change (above)."
     ),
     "cycle_time": (
         "From a card's first entry into In Progress to its production deployment; median and "
         "85th percentile. DORA sets no tiers for it."
     ),
     "throughput": "Cards deployed to production in the window (a card shipped twice counts twice).",
-    "rework": (
-        "Cards that left Deployed for an earlier stage, per card deployed to production in the "
-        "window."
+    "sent_back": (
+        "Flux's own: cards that left Deployed for an earlier stage in the window, per card "
+        "deployed to production in it. (Flux called this rework rate before DORA gave that "
+        "name to its fifth key.)"
     ),
     "wip": "Open cards under way now: in the stages In Progress, In Review and Staging.",
     "age": (
@@ -167,6 +232,77 @@ def percent_text(rate: float | None) -> str:
     return f"{rate * 100:.1f}".removesuffix(".0") + " %"
 
 
+def number_text(value: float) -> str:
+    """A count per period: no decimal from 10, one from 1, two below ("12", "1.4", "0.13")."""
+    if value >= 10:
+        return f"{value:.0f}"
+    return f"{value:.1f}" if value >= 1 or value == 0 else f"{value:.2f}"
+
+
+def plural(count: int, noun: str, nouns: str | None = None) -> str:
+    """A count with its noun: "1 change", "2 changes"; `nouns` for an irregular plural."""
+    return f"{count} {noun if count == 1 else (nouns or noun + 's')}"
+
+
+def frequency_text(per_day: float) -> str:
+    """Deployments in the unit that reads best: a day from one a day, else a week from one a
+    week, else a month."""
+    if per_day >= 1:
+        return f"{number_text(per_day)} a day"
+    if per_day * 7 >= 1:
+        return f"{number_text(per_day * 7)} a week"
+    return f"{number_text(per_day * 30)} a month"
+
+
+@dataclass(frozen=True)
+class Unit:
+    """The unit a duration figure is shown in, the same on its card, chart and table."""
+
+    symbol: str  # "h"
+    name: str  # "hours"
+    seconds: int
+
+    def value(self, seconds: float | None) -> float | None:
+        """`seconds` in this unit, rounded for charts and data attributes; None for None."""
+        return None if seconds is None else round(seconds / self.seconds, 3)
+
+    def number(self, seconds: float | None) -> str:
+        """`seconds` as a number of this unit, for a table whose header names the unit
+        ("26.0", "40"); a dash for None."""
+        if seconds is None:
+            return "—"
+        value = seconds / self.seconds
+        if self.symbol == "min":
+            return f"{value:.0f}"
+        return f"{value:.2f}" if 0 < value < 0.05 else f"{value:.1f}"
+
+    def text(self, seconds: float | None) -> str:
+        """`seconds` written in this unit ("26.0 h", "40 min"); a dash for None."""
+        return "—" if seconds is None else f"{self.number(seconds)} {self.symbol}"
+
+    @property
+    def data(self) -> dict[str, str | int]:
+        """What the charts need to label their axes and tooltips."""
+        return {"symbol": self.symbol, "name": self.name, "seconds": self.seconds}
+
+
+MINUTES = Unit("min", "minutes", 60)
+HOURS = Unit("h", "hours", HOUR)
+DAYS = Unit("d", "days", DAY)
+
+
+def unit_pick(*seconds: float | None) -> Unit:
+    """The unit for a figure whose summary values are `seconds`: the one that reads the largest
+    naturally (minutes under an hour, hours under two days, else days); hours without data."""
+    known = [value for value in seconds if value is not None]
+    if not known:
+        return HOURS
+    largest = max(known)
+    if largest < HOUR:
+        return MINUTES
+    return HOURS if largest < 2 * DAY else DAYS
+
+
 def _day_start(day: datetime.date) -> datetime.datetime:
     return datetime.datetime.combine(day, datetime.time.min, tzinfo=UTC)
 
@@ -175,38 +311,51 @@ def _monday(day: datetime.date) -> datetime.date:
     return day - datetime.timedelta(days=day.weekday())
 
 
-@overload
-def _hours(seconds: float) -> float: ...
-@overload
-def _hours(seconds: float | None) -> float | None: ...
-def _hours(seconds: float | None) -> float | None:
-    return None if seconds is None else round(seconds / HOUR, 2)
-
-
 # --- the insights page -------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
+class Figure:
+    """A number on a metric card beside its headline (a p85, a count, a breakdown), with its
+    own hover title."""
+
+    part: str  # its data-part, for tests and styles
+    text: str
+    title: str
+
+
+@dataclass(frozen=True)
 class MetricCard:
-    key: str
+    key: str  # the value's data-metric
     name: str
     value: str
-    detail: str
+    title: str  # the value's hover: its exact definition and sample size
     help: str
+    data: dict[str, str] = field(default_factory=dict)  # raw values, as data-* attributes
+    details: tuple[Figure, ...] = ()
     tier: str | None = None
+    rated: bool = False  # a DORA key with tiers: its badge is shown, "No data" without data
     dora: bool = False
     qualifier: str = ""  # what the value is: "p50", "now"
+
+    @property
+    def tier_title(self) -> str:
+        """The badge's hover: what its tier means, or why there is none."""
+        if self.tier is None:
+            return "No data: nothing in this window to rate."
+        return f"{self.tier.capitalize()}: {BANDS[self.key][self.tier]} ({CONTIGUOUS})."
 
 
 @dataclass(frozen=True)
 class WeekCount:
     week: datetime.date  # its Monday
-    deployments: int
+    succeeded: int  # status success: what the frequency counts
     failed: int
+    rolled_back: int
 
     @property
-    def succeeded(self) -> int:
-        return self.deployments - self.failed
+    def deployments(self) -> int:
+        return self.succeeded + self.failed + self.rolled_back
 
 
 @dataclass(frozen=True)
@@ -215,7 +364,7 @@ class CyclePoint:
     number: int
     version: str
     deployed_at: datetime.datetime
-    hours: float
+    seconds: float
 
 
 @dataclass(frozen=True)
@@ -236,7 +385,7 @@ class AgingCard:
     column: str
     stage: str
     entered_column_at: datetime.datetime
-    age_days: float  # in its present column
+    in_column: float  # seconds in its present column
     started_at: datetime.datetime | None  # first entry into In Progress, if any
 
     @property
@@ -244,21 +393,55 @@ class AgingCard:
         return Stage(self.stage).label
 
 
+@dataclass(frozen=True)
+class IncidentRow:
+    """An incident begun in the window, with the deployments that caused and fixed it."""
+
+    id: int  # its public id
+    title: str
+    started_at: datetime.datetime
+    restored_at: datetime.datetime | None  # None: still open
+    resolved_at: datetime.datetime | None
+    caused_by: int | None  # a deployment's public id
+    caused_version: str | None  # None when no such deployment was recorded
+    fixed_by: int | None  # the deployment that restored service, else the one named resolving
+    fixed_version: str | None
+
+    @property
+    def recovery(self) -> float | None:
+        """Seconds from its start to its restore; None while open."""
+        if self.restored_at is None:
+            return None
+        return (self.restored_at - self.started_at).total_seconds()
+
+
 def deployments_by_week(*, board_id: int, window: Window) -> list[WeekCount]:
-    """Production deployments per week of the window (Mondays, UTC), every week listed: 1 query."""
+    """Production deployments per week of the window (Mondays, UTC) by status, every week
+    listed: 1 query."""
     rows = (
         production([board_id], window)
         .annotate(week=TruncWeek("deployed_at", tzinfo=UTC))
         .values("week")
-        .annotate(total=Count("pk"), failed=Count("pk", filter=Q(status="failed")))
+        .annotate(
+            succeeded=Count("pk", filter=Q(status="success")),
+            failed=Count("pk", filter=Q(status="failed")),
+            rolled_back=Count("pk", filter=Q(status="rolled_back")),
+        )
         .order_by("week")
     )
     found = {row["week"].date(): row for row in rows}
     weeks, week = [], _monday(window.start.astimezone(UTC).date())
     last = _monday(window.end.astimezone(UTC).date())
     while week <= last:
-        row = found.get(week, {"total": 0, "failed": 0})
-        weeks.append(WeekCount(week=week, deployments=row["total"], failed=row["failed"]))
+        row = found.get(week, {"succeeded": 0, "failed": 0, "rolled_back": 0})
+        weeks.append(
+            WeekCount(
+                week=week,
+                succeeded=row["succeeded"],
+                failed=row["failed"],
+                rolled_back=row["rolled_back"],
+            )
+        )
         week += datetime.timedelta(days=7)
     return weeks
 
@@ -275,7 +458,7 @@ def cycle_time_points(
         .values_list("card_ref", "card__number", "deployment__version", "deployed_at", "cycle_time")
     )[:limit]
     points = [
-        CyclePoint(ref=ref, number=number, version=version, deployed_at=at, hours=_hours(cycle))
+        CyclePoint(ref=ref, number=number, version=version, deployed_at=at, seconds=cycle)
         for ref, number, version, at, cycle in rows
         if cycle is not None  # always: the query leaves out the others
     ]
@@ -285,13 +468,81 @@ def cycle_time_points(
 def deployments_recent(
     *, board_id: int, window: Window, limit: int = RECENT_DEPLOYMENTS
 ) -> list[Deployment]:
-    """The window's latest production deployments, newest first, each with `card_count` and
-    `via` (the token that recorded it for the person, read from its event): 1 query."""
+    """The window's latest production deployments, newest first, each with `card_count`,
+    `via` (the token that recorded it for the person, read from its event) and
+    `caused_incident` (named as the cause of an incident): 1 query."""
+    caused = Incident.objects.filter(board_id=board_id, caused_by=OuterRef("event_id"))
     return list(
         production([board_id], window)
-        .annotate(card_count=Count("cards"), via=F("event__via"))
+        .annotate(card_count=Count("cards"), via=F("event__via"), caused_incident=Exists(caused))
         .order_by("-deployed_at", "-event_id")[:limit]
     )
+
+
+def _version_of(deployment_id_field: str) -> Subquery:
+    """The version of the deployment whose public id is in `deployment_id_field`."""
+    return Subquery(
+        Deployment.objects.filter(event_id=OuterRef(deployment_id_field)).values("version")[:1]
+    )
+
+
+def incidents_read(
+    *, board_id: int, window: Window, limit: int = RECENT_INCIDENTS
+) -> list[IncidentRow]:
+    """The incidents begun in the window, newest first (at most `limit`), with the versions of
+    the deployments that caused and fixed them: 2 queries.
+
+    The deployment that fixed one is the one its restore time comes from (the first successful
+    production deployment naming it in `fixes_incidents`, at or after its start), else the one
+    named when it was resolved."""
+    rows = list(
+        Incident.objects.filter(
+            board_id=board_id, started_at__gte=window.start, started_at__lt=window.end
+        )
+        .annotate(
+            caused_version=_version_of("caused_by"),
+            fixed_version=_version_of("fixed_by"),
+        )
+        .order_by("-started_at", "-event_id")
+        .values_list(
+            "event_id", "title", "started_at", "restored_at", "resolved_at", "caused_by",
+            "caused_version", "fixed_by", "fixed_version",
+        )[:limit]
+    )  # fmt: skip
+    # Fixes of incidents begun in the window come after its start: few rows, and one query
+    # whatever the number of incidents (a JSON "contains" is not portable to SQLite).
+    fixes = list(
+        Deployment.objects.filter(
+            board_id=board_id,
+            environment="production",
+            status="success",
+            deployed_at__gte=window.start,
+        )
+        .exclude(fixes=[])
+        .order_by("deployed_at", "event_id")
+        .values_list("event_id", "version", "deployed_at", "fixes")
+    )
+    found = []
+    for pk, title, started, restored, resolved, cause, cause_v, fixer, fixer_v in rows:
+        restoring = next(
+            ((i, v) for i, v, at, named in fixes if pk in named and at >= started), None
+        )
+        if restoring is not None:
+            fixer, fixer_v = restoring
+        found.append(
+            IncidentRow(
+                id=pk,
+                title=title,
+                started_at=started,
+                restored_at=restored,
+                resolved_at=resolved,
+                caused_by=cause,
+                caused_version=cause_v,
+                fixed_by=fixer,
+                fixed_version=fixer_v,
+            )
+        )
+    return found
 
 
 def _placement(kind: str, payload: dict[str, Any]) -> tuple[int | None, str, bool]:
@@ -428,105 +679,344 @@ def wip_ages(*, board_id: int, now: datetime.datetime) -> list[AgingCard]:
             column=column,
             stage=stage,
             entered_column_at=entered,
-            age_days=round(max(0.0, (now - entered).total_seconds()) / DAY, 2),
+            in_column=max(0.0, (now - entered).total_seconds()),
             started_at=started_at,
         )
         for key, number, title, column, stage, entered, started_at in rows
     ]
 
 
-def metric_cards(
-    *, metrics: DeliveryMetrics, aging: list[AgingCard], now: datetime.datetime
-) -> list[MetricCard]:
-    """The page's headline numbers: the four DORA keys with their tiers, then the flow metrics."""
+def page_units(*, metrics: DeliveryMetrics, age: Spread, aging: list[AgingCard]) -> dict[str, Unit]:
+    """The one unit of each duration figure on the page, for its card, chart and table. The
+    aging chart (time in the present column) shares the work item age's."""
     m = metrics
+    in_column = sorted(card.in_column for card in aging)
+    return {
+        "change_lead_time": unit_pick(m.change_lead_time.p50, m.change_lead_time.p85),
+        "recovery": unit_pick(m.recovery_time.p50, m.recovery_time.p85),
+        "card_lead_time": unit_pick(m.lead_time.p50, m.lead_time.p85),
+        "cycle_time": unit_pick(m.cycle_time.p50, m.cycle_time.p85),
+        "age": unit_pick(age.p50, age.p85, percentile(in_column, 85)),
+    }
+
+
+def raw_number(value: float | int) -> str:
+    """A raw value for a data attribute: plain digits, never an exponent ("93600.0", "0.2")."""
+    return str(value) if isinstance(value, int) else repr(round(float(value), 6))
+
+
+def _raw(**values: float | int | None) -> dict[str, str]:
+    """Data attributes (`p85_seconds` becomes data-p85-seconds) of the values there are."""
+    return {
+        name.replace("_", "-"): raw_number(value)
+        for name, value in values.items()
+        if value is not None
+    }
+
+
+def _spread_card(
+    *,
+    key: str,
+    name: str,
+    spread: Spread,
+    unit: Unit,
+    of: tuple[str, str],
+    measure: str,
+    details: tuple[Figure, ...] = (),
+    data: dict[str, str] | None = None,
+    tier: str | None = None,
+    rated: bool = False,
+    dora: bool = False,
+) -> MetricCard:
+    """A duration figure: its median, with its p85 and sample size beside it. `of` names a
+    sample and samples ("change", "changes"); `measure` says what is measured ("lead times:
+    commit → ...")."""
+    samples = plural(spread.count, *of)
+    what, _, definition = measure.partition(": ")
+    return MetricCard(
+        key=key,
+        name=name,
+        value=unit.text(spread.p50),
+        qualifier="p50",
+        title=f"Median of the {what} of {samples}: {definition}.",
+        help=HELP[key],
+        data=data or _raw(seconds=spread.p50, p85_seconds=spread.p85, count=spread.count),
+        details=(
+            Figure(
+                "p85",
+                f"p85 {unit.text(spread.p85)}",
+                f"85th percentile of the {what} of the same {samples}.",
+            ),
+            Figure("count", samples, f"{samples} in the sample."),
+            *details,
+        ),
+        tier=tier,
+        rated=rated,
+        dora=dora,
+    )
+
+
+def metric_cards(
+    *,
+    metrics: DeliveryMetrics,
+    aging: list[AgingCard],
+    age: Spread,
+    units: dict[str, Unit],
+    now: datetime.datetime,
+) -> list[MetricCard]:
+    """The page's figures: DORA's five keys (the four rated ones with their tiers), then Flux's
+    flow figures. Each says its definition and sample size in its hover title."""
+    m = metrics
+    days = f"{m.window.days:.0f} days"
     in_progress = [card for card in aging if card.stage in WIP_STAGES]
     under_way = {card.ref: _under_way(card, now) for card in in_progress}
-    ages = sorted(under_way.values())
     oldest = max(under_way, key=under_way.__getitem__, default=None)
-    recoveries = m.recovery_time.count
+    deployments = plural(m.deployments, "production deployment")
+    successful = plural(m.successful_deployments, "successful production deployment")
+    caused_only = m.failed_changes - m.failed_deployments - m.rolled_back_deployments
     return [
         MetricCard(
             key="frequency",
             name="Deployment frequency",
-            value=f"{m.per_week:.1f} a week",
-            detail=f"{m.deployments} production deployment{'s' * (m.deployments != 1)} "
-            f"in {m.window.days:.0f} days",
+            value=frequency_text(m.per_day),
+            title=f"{successful} in the last {days} (failed and rolled-back ones do not "
+            f"count; {deployments} in all): {number_text(m.per_day)} a day, "
+            f"{number_text(m.per_week)} a week, {number_text(m.per_month)} a month.",
             help=HELP["frequency"],
+            data=_raw(
+                count=m.successful_deployments,
+                deployments=m.deployments,
+                per_day=m.per_day,
+                per_week=m.per_week,
+                per_month=m.per_month,
+            ),
+            details=(
+                Figure(
+                    "count",
+                    f"{m.successful_deployments} of {deployments} succeeded",
+                    f"{successful} in the last {days}, of {deployments} (any status).",
+                ),
+                Figure(
+                    "per-day",
+                    f"{number_text(m.per_day)} a day",
+                    f"{m.successful_deployments} successful in {days}, per day.",
+                ),
+                Figure(
+                    "per-week",
+                    f"{number_text(m.per_week)} a week",
+                    f"{m.successful_deployments} successful in {days}, scaled to 7 days.",
+                ),
+                Figure(
+                    "per-month",
+                    f"{number_text(m.per_month)} a month",
+                    f"{m.successful_deployments} successful in {days}, scaled to 30 days.",
+                ),
+            ),
             tier=m.frequency_tier,
+            rated=True,
             dora=True,
         ),
-        MetricCard(
-            key="lead_time",
-            name="Lead time for changes",
-            value=duration_text(m.change_lead_time.p50),
-            qualifier="p50",
-            detail=f"p85 {duration_text(m.change_lead_time.p85)} · "
-            f"{m.change_lead_time.count} changes",
-            help=HELP["lead_time"],
+        _spread_card(
+            key="change_lead_time",
+            name="Change lead time",
+            spread=m.change_lead_time,
+            unit=units["change_lead_time"],
+            of=("change", "changes"),
+            measure="lead times: a commit's earliest reported time → the first successful "
+            "production deployment that shipped it and was not rolled back (a commit stamped "
+            "after it counts as 0)",
+            data=_raw(
+                seconds=m.change_lead_time.p50,
+                p85_seconds=m.change_lead_time.p85,
+                count=m.change_lead_time.count,
+                clamped=m.changes_clamped,
+            ),
+            details=(
+                Figure(
+                    "clamped",
+                    f"{m.changes_clamped} clamped to 0",
+                    f"{plural(m.changes_clamped, 'change')} committed after the deployment "
+                    "that shipped it (clock skew), counted with a lead time of 0.",
+                ),
+            ),
             tier=m.lead_time_tier,
+            rated=True,
             dora=True,
         ),
         MetricCard(
             key="change_failure",
             name="Change failure rate",
             value=percent_text(m.change_failure_rate),
-            detail=f"{m.failed_changes} of {m.deployments} deployments failed",
+            title=f"{plural(m.failed_changes, 'failed change')} of {deployments} in the last "
+            f"{days}: deployments that failed, were rolled back, or are named as the cause of "
+            "an incident, over all production deployments.",
             help=HELP["change_failure"],
+            data=_raw(
+                rate=m.change_failure_rate,
+                failed_changes=m.failed_changes,
+                deployments=m.deployments,
+                failed=m.failed_deployments,
+                rolled_back=m.rolled_back_deployments,
+                caused_incident=caused_only,
+            ),
+            details=(
+                Figure(
+                    "failed-changes",
+                    f"{m.failed_changes} of {deployments}",
+                    f"{plural(m.failed_changes, 'failed change')} of {deployments}.",
+                ),
+                Figure(
+                    "failed",
+                    f"{m.failed_deployments} failed",
+                    f"{plural(m.failed_deployments, 'deployment')} reported failed.",
+                ),
+                Figure(
+                    "rolled-back",
+                    f"{m.rolled_back_deployments} rolled back",
+                    f"{plural(m.rolled_back_deployments, 'deployment')} rolled back.",
+                ),
+                Figure(
+                    "caused-incident",
+                    f"{caused_only} caused an incident",
+                    f"{plural(caused_only, 'deployment')} that neither failed nor was "
+                    "rolled back, named as the cause of an incident.",
+                ),
+            ),
             tier=m.change_failure_tier,
+            rated=True,
             dora=True,
         ),
-        MetricCard(
+        _spread_card(
             key="recovery",
             name="Failed deployment recovery time",
-            value=duration_text(m.recovery_time.p50),
-            qualifier="p50",
-            detail=f"{recoveries} recover{'ies' if recoveries != 1 else 'y'} in the window",
-            help=HELP["recovery"],
+            spread=m.recovery_time,
+            unit=units["recovery"],
+            of=("recovery", "recoveries"),
+            measure="times to restore service: a run of failed or rolled-back production "
+            "deployments to the next successful one, an incident from its start to the first "
+            "successful deployment fixing it (else its resolution)",
+            details=(
+                Figure(
+                    "incidents",
+                    f"{plural(m.incidents, 'incident')}, {m.open_incidents} open",
+                    f"{plural(m.incidents, 'incident')} begun in the last {days}; "
+                    f"{m.open_incidents} not restored yet give no sample.",
+                ),
+            ),
+            data=_raw(
+                seconds=m.recovery_time.p50,
+                p85_seconds=m.recovery_time.p85,
+                count=m.recovery_time.count,
+                incidents=m.incidents,
+                open_incidents=m.open_incidents,
+            ),
             tier=m.recovery_tier,
+            rated=True,
             dora=True,
         ),
         MetricCard(
+            key="deployment_rework",
+            name="Deployment rework rate",
+            value=percent_text(m.deployment_rework_rate),
+            title=f"{m.unplanned_deployments} unplanned of {deployments} in the last {days}: "
+            "hotfixes and deployments that fix an incident, over all production deployments.",
+            help=HELP["deployment_rework"],
+            data=_raw(
+                rate=m.deployment_rework_rate,
+                unplanned=m.unplanned_deployments,
+                deployments=m.deployments,
+            ),
+            details=(
+                Figure(
+                    "unplanned",
+                    f"{m.unplanned_deployments} unplanned of {deployments}",
+                    f"{plural(m.unplanned_deployments, 'deployment')} marked a hotfix or "
+                    f"fixing an incident, of {deployments}.",
+                ),
+            ),
+            dora=True,
+        ),
+        _spread_card(
+            key="card_lead_time",
+            name="Card lead time",
+            spread=m.lead_time,
+            unit=units["card_lead_time"],
+            of=("card", "cards"),
+            measure="lead times: the first commit of the deployments that named the card (else "
+            "its first entry into In Progress, else its creation) → its production deployment",
+        ),
+        _spread_card(
             key="cycle_time",
             name="Cycle time",
-            value=duration_text(m.cycle_time.p50),
-            qualifier="p50",
-            detail=f"p85 {duration_text(m.cycle_time.p85)} · {m.cycle_time.count} cards",
-            help=HELP["cycle_time"],
+            spread=m.cycle_time,
+            unit=units["cycle_time"],
+            of=("card", "cards"),
+            measure="cycle times: first entry into In Progress → production deployment",
         ),
         MetricCard(
             key="throughput",
             name="Throughput",
-            value=f"{m.throughput} card{'s' * (m.throughput != 1)}",
-            detail=f"{m.throughput / max(m.window.days / 7, 1e-9):.1f} a week",
+            value=plural(m.throughput, "card"),
+            title=f"{plural(m.throughput, 'card')} deployed to production in the last {days} "
+            "(a card shipped twice counts twice).",
             help=HELP["throughput"],
+            data=_raw(count=m.throughput),
+            details=(
+                Figure(
+                    "per-week",
+                    f"{number_text(m.throughput / max(m.window.days / 7, 1e-9))} a week",
+                    f"{plural(m.throughput, 'card')} in {days}, scaled to 7 days.",
+                ),
+            ),
         ),
         MetricCard(
-            key="rework",
-            name="Rework rate",
+            key="sent_back",
+            name="Cards sent back",
             value=percent_text(m.sent_back_rate),
-            detail=f"{m.sent_back} card{'s' * (m.sent_back != 1)} sent back from Deployed",
-            help=HELP["rework"],
+            title=f"{plural(m.sent_back, 'card')} sent back from Deployed to an earlier stage "
+            f"in the last {days}, per {plural(m.throughput, 'card')} deployed to production.",
+            help=HELP["sent_back"],
+            data=_raw(rate=m.sent_back_rate, count=m.sent_back, delivered=m.throughput),
+            details=(
+                Figure(
+                    "count",
+                    f"{plural(m.sent_back, 'card')} sent back of {m.throughput}",
+                    f"{plural(m.sent_back, 'move')} out of Deployed to an earlier stage, "
+                    f"{plural(m.throughput, 'card')} delivered.",
+                ),
+            ),
         ),
         MetricCard(
             key="wip",
             name="Work in progress",
-            value=f"{len(in_progress)} card{'s' * (len(in_progress) != 1)}",
+            value=plural(len(in_progress), "card"),
             qualifier="now",
-            detail=", ".join(
-                f"{sum(card.stage == stage for card in in_progress)} {Stage(stage).label}"
+            title=f"{plural(len(in_progress), 'open card')} in In Progress, In Review or "
+            "Staging now.",
+            help=HELP["wip"],
+            data=_raw(count=len(in_progress)),
+            details=tuple(
+                Figure(
+                    stage,
+                    f"{sum(card.stage == stage for card in in_progress)} {Stage(stage).label}",
+                    f"Open cards in {Stage(stage).label} now.",
+                )
                 for stage in WIP_STAGES
             ),
-            help=HELP["wip"],
         ),
-        MetricCard(
+        _spread_card(
             key="age",
             name="Work item age",
-            value=duration_text(percentile(ages, 50)),
-            qualifier="p50",
-            detail=f"p85 {duration_text(percentile(ages, 85))}"
-            + (f" · oldest {oldest}" if oldest else ""),
-            help=HELP["age"],
+            spread=age,
+            unit=units["age"],
+            of=("card under way", "cards under way"),
+            measure="ages: time since the first entry into In Progress (else since entering "
+            "its column) until now",
+            details=(
+                (Figure("oldest", f"oldest {oldest}", f"{oldest} has been under way longest."),)
+                if oldest
+                else ()
+            ),
         ),
     ]
 
@@ -547,6 +1037,10 @@ def insights_page_read(
     points = cycle_time_points(board_id=board.pk, window=window)
     flow = flow_by_day(board_id=board.pk, days=days, now=now)
     aging = wip_ages(board_id=board.pk, now=now)
+    age = Spread.of([_under_way(card, now) for card in aging if card.stage in WIP_STAGES])
+    units = page_units(metrics=metrics, age=age, aging=aging)
+    cycle, aged, recovery = units["cycle_time"], units["age"], units["recovery"]
+    incidents = incidents_read(board_id=board.pk, window=window)
     stages = [{"key": stage.value, "label": stage.label} for stage in Stage]
     chart_data = {
         "window": {
@@ -561,28 +1055,36 @@ def insights_page_read(
             "weeks": [week.week.isoformat() for week in weeks],
             "succeeded": [week.succeeded for week in weeks],
             "failed": [week.failed for week in weeks],
+            "rolledBack": [week.rolled_back for week in weeks],
         },
         "cycle": {
+            "unit": cycle.data,
             "points": [
                 {
                     "x": int(point.deployed_at.timestamp() * 1000),
-                    "y": point.hours,
+                    "y": cycle.value(point.seconds),
                     "ref": point.ref,
                     "version": point.version,
                 }
                 for point in points
             ],
-            "p50": _hours(metrics.cycle_time.p50),
-            "p85": _hours(metrics.cycle_time.p85),
+            "p50": cycle.value(metrics.cycle_time.p50),
+            "p85": cycle.value(metrics.cycle_time.p85),
         },
         "flow": {
             "days": [day.day.isoformat() for day in flow],
             "series": {stage.value: [day.counts[stage.value] for day in flow] for stage in Stage},
         },
         "aging": {
+            "unit": aged.data,
             "stages": [stage for stage in stages if stage["key"] in AGING_STAGES],
             "points": [
-                {"stage": card.stage, "ref": card.ref, "column": card.column, "days": card.age_days}
+                {
+                    "stage": card.stage,
+                    "ref": card.ref,
+                    "column": card.column,
+                    "y": aged.value(card.in_column),
+                }
                 for card in aging
             ],
         },
@@ -594,16 +1096,25 @@ def insights_page_read(
         "windows": WINDOW_DAYS,
         "window": window,
         "metrics": metrics,
-        "cards": metric_cards(metrics=metrics, aging=aging, now=now),
+        "units": units,
+        "cards": metric_cards(metrics=metrics, aging=aging, age=age, units=units, now=now),
         "weeks": weeks,
-        "points": points,
+        "points": [
+            (point, cycle.number(point.seconds), raw_number(point.seconds)) for point in points
+        ],
         "points_total": metrics.cycle_time.count,
-        "cycle_p50_hours": _hours(metrics.cycle_time.p50),
-        "cycle_p85_hours": _hours(metrics.cycle_time.p85),
+        "cycle_p50": cycle.text(metrics.cycle_time.p50),
+        "cycle_p85": cycle.text(metrics.cycle_time.p85),
         "flow": flow,
-        "aging": aging,
+        "aging": [
+            (card, aged.number(card.in_column), raw_number(card.in_column)) for card in aging
+        ],
         "stages": list(Stage),
         "deployments": deployments_recent(board_id=board.pk, window=window),
+        "incidents": [
+            (row, recovery.number(row.recovery), _raw(seconds=row.recovery).get("seconds"))
+            for row in incidents
+        ],
         "chart_data": chart_data,
     }
 
@@ -613,30 +1124,42 @@ def insights_page_read(
 
 @dataclass
 class ServiceRow:
-    """One service in the multi-board view: its board (with `open_by_stage`) and its numbers."""
+    """One service in the multi-board view: its board (with `open_by_stage`) and its numbers,
+    by the insights page's definitions (`delivery.metrics`) over the last 30 days."""
 
     board: Board
     last: Deployment | None = None
-    deployments_7: int = 0
+    deployments_7: int = 0  # production, any status
     deployments_30: int = 0
-    failed_30: int = 0
-    lead_time_p50: float | None = None
-    weekly: list[int] = field(default_factory=lambda: [0] * SPARKLINE_WEEKS)
+    successful_7: int = 0  # what the deployment frequency counts
+    successful_30: int = 0
+    failed_changes_30: int = 0  # failed, rolled back or the cause of an incident
+    changes_30: int = 0  # changes with a lead time, shipped in the last 30 days
+    change_lead_time_p50: float | None = None
+    weekly: list[int] = field(default_factory=lambda: [0] * SPARKLINE_WEEKS)  # successful
 
     @property
     def change_failure_rate(self) -> float | None:
-        return self.failed_30 / self.deployments_30 if self.deployments_30 else None
+        return self.failed_changes_30 / self.deployments_30 if self.deployments_30 else None
 
     @property
-    def frequency_tier(self) -> str:
-        per_day = self.deployments_30 / SERVICE_WINDOW_DAYS
-        return (
-            tier(per_day, FREQUENCY_BANDS, higher_is_better=True) if self.deployments_30 else "low"
-        )
+    def per_day(self) -> float:
+        return self.successful_30 / SERVICE_WINDOW_DAYS
+
+    @property
+    def frequency_tier(self) -> str | None:
+        """As `delivery.metrics`: no tier without a production deployment in the window."""
+        if not self.deployments_30:
+            return None
+        return tier(self.per_day, FREQUENCY_BANDS, higher_is_better=True)
+
+    @property
+    def frequency_text(self) -> str:
+        return frequency_text(self.per_day)
 
     @property
     def lead_time_tier(self) -> str | None:
-        return tier(self.lead_time_p50, LEAD_TIME_BANDS)
+        return tier(self.change_lead_time_p50, LEAD_TIME_BANDS)
 
     @property
     def change_failure_tier(self) -> str | None:
@@ -644,7 +1167,7 @@ class ServiceRow:
 
     @property
     def lead_time_text(self) -> str:
-        return duration_text(self.lead_time_p50)
+        return duration_text(self.change_lead_time_p50)
 
     @property
     def change_failure_text(self) -> str:
@@ -676,6 +1199,7 @@ def service_rows_read(*, actor: Actor, now: datetime.datetime | None = None) -> 
         return []
     ids = list(rows)
     month_ago = now - datetime.timedelta(days=SERVICE_WINDOW_DAYS)
+    week_ago = now - datetime.timedelta(days=7)
     since = now - datetime.timedelta(weeks=SPARKLINE_WEEKS)
     prod = Deployment.objects.filter(board_id__in=ids, environment="production")
 
@@ -693,23 +1217,29 @@ def service_rows_read(*, actor: Actor, now: datetime.datetime | None = None) -> 
     for deployment in latest:
         rows[deployment.board_id].last = deployment
 
+    ok = Q(status="success")
     weeks = {
         f"week_{i}": Count(
             "pk",
-            filter=Q(
+            filter=ok
+            & Q(
                 deployed_at__gte=now - datetime.timedelta(weeks=SPARKLINE_WEEKS - i),
                 deployed_at__lt=now - datetime.timedelta(weeks=SPARKLINE_WEEKS - i - 1),
             ),
         )
         for i in range(SPARKLINE_WEEKS)
     }
+    caused = Incident.objects.filter(board_id=OuterRef("board_id"), caused_by=OuterRef("event_id"))
+    recent = Q(deployed_at__gte=month_ago)
     counts = (
         prod.filter(deployed_at__gte=min(since, month_ago), deployed_at__lt=now)
         .values("board_id")
         .annotate(
-            d7=Count("pk", filter=Q(deployed_at__gte=now - datetime.timedelta(days=7))),
-            d30=Count("pk", filter=Q(deployed_at__gte=month_ago)),
-            failed30=Count("pk", filter=Q(deployed_at__gte=month_ago, status="failed")),
+            d7=Count("pk", filter=Q(deployed_at__gte=week_ago)),
+            d30=Count("pk", filter=recent),
+            ok7=Count("pk", filter=ok & Q(deployed_at__gte=week_ago)),
+            ok30=Count("pk", filter=ok & recent),
+            failed30=Count("pk", filter=recent & (Q(status__in=FAILURES) | Q(Exists(caused)))),
             **weeks,
         )
         .order_by()
@@ -717,21 +1247,25 @@ def service_rows_read(*, actor: Actor, now: datetime.datetime | None = None) -> 
     for count in counts:
         row = rows[count["board_id"]]
         row.deployments_7, row.deployments_30 = count["d7"], count["d30"]
-        row.failed_30 = count["failed30"]
+        row.successful_7, row.successful_30 = count["ok7"], count["ok30"]
+        row.failed_changes_30 = count["failed30"]
         # django-stubs types the row without the keys of annotate(**weeks), built at run time.
         row.weekly = [
             count[f"week_{i}"]  # type: ignore[literal-required]
             for i in range(SPARKLINE_WEEKS)
         ]
 
+    # DORA's lead time is per change (delivery.models.Change), in the window of its deployment.
     leads: dict[int, list[float]] = defaultdict(list)
-    delivered = DeploymentCard.objects.filter(
-        deployment__in=production(ids, Window(start=month_ago, end=now))
-    ).values_list("deployment__board_id", "lead_time")
-    for board_id, lead_time in delivered:
-        leads[board_id].append(lead_time)
+    changes = Change.objects.filter(
+        board_id__in=ids, deployed_at__gte=month_ago, deployed_at__lt=now, lead_time__isnull=False
+    ).values_list("board_id", "lead_time")
+    for board_id, lead_time in changes:
+        if lead_time is not None:  # always: the query leaves out the others
+            leads[board_id].append(lead_time)
     for board_id, values in leads.items():
-        rows[board_id].lead_time_p50 = percentile(sorted(values), 50)
+        rows[board_id].changes_30 = len(values)
+        rows[board_id].change_lead_time_p50 = percentile(sorted(values), 50)
     return list(rows.values())
 
 

@@ -44,7 +44,9 @@
 
   const isoDay = (ms) => new Date(ms).toISOString().slice(0, 10);
   const isoMinute = (ms) => new Date(ms).toISOString().slice(0, 16).replace("T", " ");
-  const duration = (hours) => (hours < 48 ? `${hours.toFixed(1)} h` : `${(hours / 24).toFixed(1)} d`);
+  // A duration already in its figure's unit (the page picks one per figure: data.*.unit),
+  // written as the page writes it, so the chart and the cards agree.
+  const inUnit = (value, unit) => (unit.symbol === "min" ? `${value.toFixed(0)} min` : `${value.toFixed(1)} ${unit.symbol}`);
 
   // A stable sideways offset per card, so dots of one stage spread out instead of piling up.
   function jitter(text) {
@@ -54,14 +56,16 @@
   }
 
   function frequency(canvas, data) {
-    const { weeks, succeeded, failed } = data.frequency;
+    const { weeks, succeeded, failed, rolledBack } = data.frequency;
     const danger = colour("--danger", "#b91c1c");
+    const warn = colour("--warn", "#b45309");
     return new Chart(canvas, {
       type: "bar",
       data: {
         labels: weeks,
         datasets: [
           { label: "Succeeded", data: succeeded, backgroundColor: stageColour("deployed") },
+          { label: "Rolled back", data: rolledBack, backgroundColor: hatch(warn), borderColor: warn, borderWidth: 1 },
           { label: "Failed", data: failed, backgroundColor: hatch(danger), borderColor: danger, borderWidth: 1 },
         ],
       },
@@ -76,11 +80,11 @@
   }
 
   function cycle(canvas, data) {
-    const { points, p50, p85 } = data.cycle;
+    const { points, p50, p85, unit } = data.cycle;
     const { startMs, endMs } = data.window;
     const line = (label, value, dash, hex) => ({
       type: "line",
-      label: `${label} ${duration(value)}`,
+      label: `${label} ${inUnit(value, unit)}`,
       data: [{ x: startMs, y: value }, { x: endMs, y: value }],
       borderColor: hex,
       borderDash: dash,
@@ -110,13 +114,13 @@
             ticks: { callback: (value) => isoDay(value), maxTicksLimit: 8 },
             title: { display: true, text: "Deployed (UTC)" },
           },
-          y: { beginAtZero: true, title: { display: true, text: "Cycle time (hours)" } },
+          y: { beginAtZero: true, title: { display: true, text: `Cycle time (${unit.name})` } },
         },
         plugins: {
           tooltip: {
             callbacks: {
               label: (item) => item.raw.ref
-                ? `${item.raw.ref} (${item.raw.version || "manual move"}): ${duration(item.raw.y)}, deployed ${isoMinute(item.raw.x)}`
+                ? `${item.raw.ref} (${item.raw.version || "manual move"}): ${inUnit(item.raw.y, unit)}, deployed ${isoMinute(item.raw.x)}`
                 : item.dataset.label,
             },
           },
@@ -156,7 +160,7 @@
   }
 
   function aging(canvas, data) {
-    const stages = data.aging.stages;
+    const { stages, unit } = data.aging;
     return new Chart(canvas, {
       type: "scatter",
       data: {
@@ -164,7 +168,7 @@
           label: stage.label,
           data: data.aging.points
             .filter((point) => point.stage === stage.key)
-            .map((point) => ({ x: index + jitter(point.ref), y: point.days, ref: point.ref, column: point.column })),
+            .map((point) => ({ x: index + jitter(point.ref), y: point.y, ref: point.ref, column: point.column })),
           backgroundColor: translucent(stageColour(stage.key), 0.7),
           borderColor: stageColour(stage.key),
           pointRadius: 4,
@@ -181,11 +185,11 @@
             ticks: { callback: (value) => stages[value]?.label ?? "" },
             grid: { display: false },
           },
-          y: { beginAtZero: true, title: { display: true, text: "Days in its column" } },
+          y: { beginAtZero: true, title: { display: true, text: `Time in its column (${unit.name})` } },
         },
         plugins: {
           tooltip: {
-            callbacks: { label: (item) => `${item.raw.ref} in ${item.raw.column}: ${item.raw.y.toFixed(1)} days` },
+            callbacks: { label: (item) => `${item.raw.ref} in ${item.raw.column}: ${inUnit(item.raw.y, unit)}` },
           },
         },
       },
