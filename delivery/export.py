@@ -9,7 +9,9 @@ cell that a spreadsheet would run as a formula (starting with =, +, -, @, tab or
 return) is prefixed with a single quote. A deployment that delivered no card (a failed one,
 say) is one row with the card columns empty. The `actor` column says who, as every page does
 (activity.describe.actor_label): the person, and the API token that acted for them, "maya
-via token deploy-bot".
+via token deploy-bot"". The last columns say what went wrong and what put it
+right: when the deployment was rolled back, whether it was a hotfix, the incidents it fixes
+and those that name it as their cause.
 
 On PostgreSQL the database writes the CSV itself: `COPY (SELECT ...) TO STDOUT WITH CSV`
 (`copy_query()`), with the filters, the formatting of `cell()` and the formula
@@ -40,13 +42,13 @@ from django.db.models import (
     Value,
     When,
 )
-from django.db.models.functions import Concat
+from django.db.models.functions import Cast, Concat
 from django.http import HttpRequest, StreamingHttpResponse
 
 from activity.describe import VIA_PREFIX
 from activity.events import EventKind
 from boards.models import Card
-from delivery.models import Deployment
+from delivery.models import Deployment, Incident
 
 HEADER = [
     "deployment_id",
@@ -66,6 +68,10 @@ HEADER = [
     "commit_shas",
     "source",
     "actor",
+    "rolled_back_at",
+    "hotfix",
+    "fixes_incidents",
+    "caused_incidents",
 ]
 # The export reads the projections (delivery.rollups) and the boards, never the log: every
 # kind reaches it through the rollups, or not at all.
@@ -104,7 +110,7 @@ SELECT d.event_id, d.service_key, d.service_name, d.environment, d.version, d.st
        {_TIME.format("dc.started_at")},
        {_SECONDS.format("dc.lead_time")},
        {_SECONDS.format("dc.cycle_time")},
-       d.commit_shas, d.source, d.actor
+       d.commit_shas, d.source, d.actor, d.rolled_back, d.hotfix, d.fixes, d.caused
   FROM (SELECT d.id, d.event_id, d.deployed_at,
                {_TEXT.format("b.key")} AS service_key,
                {_TEXT.format("b.name")} AS service_name,
@@ -114,7 +120,13 @@ SELECT d.event_id, d.service_key, d.service_name, d.environment, d.version, d.st
                {_TIME.format("d.deployed_at")} AS deployed,
                {_TEXT.format("shas.joined")} AS commit_shas,
                {_TEXT.format("d.source")} AS source,
-               {_TEXT.format(_ACTOR)} AS actor
+               {_TEXT.format(_ACTOR)} AS actor,
+               {_TIME.format("d.rolled_back_at")} AS rolled_back,
+               CASE WHEN d.hotfix THEN 'true' ELSE 'false' END AS hotfix,
+               (SELECT string_agg(f.id, ' ' ORDER BY f.n)
+                  FROM jsonb_array_elements_text(d.fixes) WITH ORDINALITY AS f(id, n)) AS fixes,
+               (SELECT string_agg(i.event_id::text, ' ' ORDER BY i.event_id)
+                  FROM activity_incident i WHERE i.caused_by = d.event_id) AS caused
           FROM activity_deployment d
           JOIN boards_board b ON b.id = d.board_id
           JOIN activity_event e ON e.id = d.event_id
@@ -190,6 +202,27 @@ def deployment_rows(*, scope: ExportFilter) -> QuerySet:
         "commit_shas",
         "source",
         _actor(),
+        "rolled_back_at",
+        "hotfix",
+        "fixes",
+        _caused(),
+    )
+
+
+def _caused() -> Subquery:
+    """The `caused_incidents` cell: the ids of the incidents naming the deployment as cause."""
+    return Subquery(
+        Incident.objects.filter(caused_by=OuterRef("event_id"))
+        .order_by()
+        .values("caused_by")
+        .annotate(
+            ids=StringAgg(
+                Cast("event_id", CharField()),
+                delimiter=Value(" "),
+                order_by="event_id" if connection.vendor == "postgresql" else None,
+            )
+        )
+        .values("ids")[:1]
     )
 
 
@@ -260,6 +293,8 @@ def cell(value) -> str:
     """One CSV cell: ISO 8601 UTC times, whole seconds, and no formula a spreadsheet would run."""
     if value is None:
         return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
     if isinstance(value, datetime.datetime):
         return value.astimezone(datetime.UTC).isoformat().replace("+00:00", "Z")
     if isinstance(value, float):

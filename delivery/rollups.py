@@ -404,8 +404,11 @@ class _Sql:
         return f"(django_timestamp_diff({later}, {earlier}) / 1000000.0)"
 
     def at_least_zero(self, seconds: str) -> str:
-        """max(0.0, seconds)."""
-        return f"greatest(0, {seconds})" if self.postgresql else f"max(0.0, {seconds})"
+        """max(0.0, seconds), NULL for NULL (PostgreSQL's greatest() would give 0 for NULL,
+        SQLite's max() NULL; neither is said here)."""
+        if self.postgresql:
+            return f"CASE WHEN {seconds} < 0 THEN 0 ELSE {seconds} END"
+        return f"CASE WHEN {seconds} < 0 THEN 0.0 ELSE {seconds} END"
 
     def day(self, moment: str) -> str:
         """The UTC date of a stored time."""
@@ -499,8 +502,9 @@ def _statements(sql: _Sql) -> _Statements:
         f" AND {sql.integer(sql.text('e.payload', 'incident_id'))} = activity_incident.event_id"
     )
     rolled_back_at = sql.timestamp(sql.text("e.payload", "rolled_back_at"))
-    # A delivery: a deployment that succeeded in an environment that delivers.
-    delivers = f"d.status = %(success)s AND d.environment IN {_DELIVERED_TO}"
+    # A delivery: a deployment that succeeded in an environment that delivers, as reported
+    # (a rollback reported later leaves its deliveries: the cards did reach it).
+    delivers = f"{deployment('status')} = %(success)s AND d.environment IN {_DELIVERED_TO}"
     # A change ships with a successful production deployment (not rolled back).
     ships = "(d.status = %(success)s AND d.environment = %(production)s)"
     restores_scope = f"""activity_incident.event_id IN (
@@ -643,7 +647,7 @@ def _statements(sql: _Sql) -> _Statements:
                r.first_commit, CAST(n.value AS bigint) AS card_id
           FROM recorded r, {sql.distinct_keys("r.cards", "id", "n")}
         UNION ALL
-        SELECT d.id, d.event_id, d.deployed_at, {delivers}, NULL, e.card_id
+        SELECT d.id, d.event_id, d.deployed_at, d.environment IN {_DELIVERED_TO}, NULL, e.card_id
           FROM activity_deployment d
           JOIN activity_event e ON e.id = d.event_id
          WHERE d.kind = %(manual)s AND {sql.events("d.event_id")}""",

@@ -375,3 +375,37 @@ def test_a_bad_window_is_refused_with_a_422(board, bob, client):
         response = client.get(f"/b/PAY/insights/deployments.csv?{query}")
         assert response.status_code == 422, query
         assert "ISO 8601" in response.content.decode()
+
+
+@pytest.mark.sqlite
+def test_rollbacks_hotfixes_and_incidents_have_their_columns(board, bob):
+    """A deployment rolled back and named as an incident's cause, and the hotfix that fixed
+    it: their own cells, the same by COPY and by the ORM."""
+    actor = Actor(user=bob, source=Source.API, via="ci")
+    with clock.frozen_at(DEPLOYED):
+        bad = services.deployment_record(
+            actor=actor, board_id=board.pk, version="5", environment="production",
+            status="success", card_numbers=[],
+        ).event  # fmt: skip
+    with clock.frozen_at(DEPLOYED + datetime.timedelta(minutes=10)):
+        incident = services.incident_open(
+            actor=actor, board_id=board.pk, title="down", cause_deployment_id=bad.pk
+        )
+        services.deployment_roll_back(actor=actor, deployment_id=bad.pk)
+    with clock.frozen_at(DEPLOYED + datetime.timedelta(minutes=30)):
+        services.deployment_record(
+            actor=actor, board_id=board.pk, version="5.1", environment="production",
+            status="success", card_numbers=[], hotfix=True, fixes_incident_ids=[incident.pk],
+        )  # fmt: skip
+    rollups_settle()
+    found = export_bytes(ExportFilter(board_ids=frozenset([board.pk])))
+    assert len(set(found.values())) == 1  # COPY and the ORM agree
+    rows = list(csv.DictReader(io.StringIO(found["orm"].decode())))
+    assert [
+        (r["version"], r["status"], r["rolled_back_at"], r["hotfix"], r["fixes_incidents"],
+         r["caused_incidents"])
+        for r in rows
+    ] == [
+        ("5", "rolled_back", "2026-03-02T12:40:00Z", "false", "", str(incident.pk)),
+        ("5.1", "success", "", "true", str(incident.pk), ""),
+    ]  # fmt: skip
