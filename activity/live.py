@@ -660,6 +660,10 @@ async def board_stream(spec: StreamSpec) -> AsyncIterator[str]:
                 yield sse("revoked", "{}")
                 return
             if message is RESYNC:
+                # The hub has just (re)subscribed: a session ended before then was not heard.
+                if not await db(spec.still_allowed):
+                    yield sse("revoked", "{}")
+                    return
                 async for chunk in catch_up():
                     yield chunk
             elif message.get("kind") == "presence":
