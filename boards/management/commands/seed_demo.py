@@ -226,11 +226,28 @@ class Command(BaseCommand):
             now += timedelta(hours=rng.uniform(1, 8))
             version += "-fix"
         with clock.frozen_at(now):
-            services.deployment_record(
+            shipped = services.deployment_record(
                 actor=actor, board_id=board.pk, version=version, environment="production",
                 status="success", card_numbers=numbers, commits=commits,
-            )  # fmt: skip
-        if rework:  # the release broke something: one card goes back for more work
+            ).event  # fmt: skip
+        fixed_at = now + timedelta(hours=rng.uniform(0.5, 4))
+        if rework and fixed_at < timezone.now():
+            # The release broke something: an incident it caused, a hotfix that ends it.
+            with clock.frozen_at(now + timedelta(minutes=10)):
+                incident = services.incident_open(
+                    actor=actor, board_id=board.pk, title=f"Errors after {version}",
+                    cause_deployment_id=shipped.pk,
+                )  # fmt: skip
+            with clock.frozen_at(fixed_at):
+                hotfix = services.deployment_record(
+                    actor=actor, board_id=board.pk, version=f"{version}-hotfix",
+                    environment="production", status="success", card_numbers=[],
+                    hotfix=True, fixes_incident_ids=[incident.pk],
+                ).event  # fmt: skip
+                services.incident_resolve(
+                    actor=actor, incident_id=incident.pk, fixed_by_deployment_id=hotfix.pk
+                )
+        if rework:  # and one card goes back for more work
             card = Card.objects.get(pk=staged[0].pk)
             with clock.frozen_at(now + timedelta(minutes=20)):
                 services.card_move(
