@@ -193,6 +193,7 @@ def columns_read(
             views[row["column_id"]].total = row["n"]
     for card in _first_of_each_column(cards, column_ids=list(views), limit=limit):
         card.board = board  # refs need the key: no query per card
+        card.column = views[card.column_id].column  # and "overdue" its stage
         views[card.column_id].cards.append(card)
     for view in views.values():
         _fragment_keys(view.cards)
@@ -231,7 +232,7 @@ def _fragment_keys(cards: list[CardRow]) -> None:
         people = ",".join(
             f"{p.pk}.{p.get_username()}.{p.get_full_name()}" for p in card.assignee_list
         )
-        state = f"{age(card.entered_column_at)}.{overdue(card.due_date)}"
+        state = f"{age(card.entered_column_at)}.{overdue(card)}"
         card.fragment_key = f"{card.pk}:{card.version}:{state}:{labels}:{people}"
 
 
@@ -271,6 +272,7 @@ def column_more(
     page = list(cards.order_by("rank")[: COLUMN_PAGE + 1])
     for card in page:
         card.board = board
+        card.column = column
     _fragment_keys(page)
     return column, page[:COLUMN_PAGE], len(page) > COLUMN_PAGE
 

@@ -1,12 +1,12 @@
 """Small display helpers for the board templates."""
 
-from datetime import date, datetime
+from datetime import datetime
 
 from django import template
 from django.utils import timezone
 
 from activity.describe import event_actor
-from boards.models import LABEL_NAME_MAX_LENGTH, TITLE_MAX_LENGTH
+from boards.models import LABEL_NAME_MAX_LENGTH, TITLE_MAX_LENGTH, Card, Stage
 
 register = template.Library()
 
@@ -33,8 +33,11 @@ def age(moment: datetime | None) -> str:
 
 
 @register.filter
-def overdue(due: date | None) -> bool:
-    return due is not None and due < timezone.localdate()
+def overdue(card: Card) -> bool:
+    """Past its due date and not yet shipped: a card in a Deployed column is done, so its
+    date is history, not a warning. (Reads `card.column`: load it with the card.)"""
+    due = card.due_date
+    return due is not None and due < timezone.localdate() and card.column.stage != Stage.DEPLOYED
 
 
 @register.filter

@@ -89,6 +89,35 @@ def test_cards_show_ref_labels_assignees_due_date_and_age(editor, board, bob):
     assert 'class="age"' in item
 
 
+def card_item(html: str, card: Card) -> str:
+    """The card's own <li> in a page or fragment."""
+    item = html[html.index(f'id="card-{card.pk}"') :]
+    return item[: item.index("</li>")]
+
+
+def test_a_card_past_its_due_date_is_overdue_until_it_reaches_deployed(editor, board, bob):
+    late, shipped = make_card(board, title="Late"), make_card(board, title="Shipped late")
+    yesterday = timezone.localdate() - datetime.timedelta(days=1)
+    for card in (late, shipped):
+        card.refresh_from_db()
+        services.card_update(
+            actor=as_actor(bob), card_id=card.pk, expected_version=card.version, due_date=yesterday
+        )
+        card.refresh_from_db()
+    page = reverse("boards:detail", args=["PAY"])
+    assert "overdue" in card_item(editor.get(page).content.decode(), shipped)  # cached, too
+
+    assert move(editor, shipped, "Deployed").status_code == 200
+    html = editor.get(page).content.decode()
+    assert "overdue" in card_item(html, late)
+    assert "overdue" not in card_item(html, shipped)
+    assert yesterday.strftime("%b") in card_item(html, shipped)  # the date still shows
+    # The column's further pages ("Show more cards") follow the same rule.
+    deployed = reverse("boards:column-cards", args=["PAY", column(board, "Deployed").pk])
+    fragment = editor.get(deployed + "?after=", **HX).content.decode()
+    assert "overdue" not in card_item(fragment, shipped)
+
+
 def test_the_board_page_runs_the_same_queries_with_10_and_1000_cards(editor, board, bob):
     def count() -> int:
         with CaptureQueriesContext(connection) as queries:
