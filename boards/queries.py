@@ -34,6 +34,21 @@ COLUMN_PAGE = 50
 
 REF_RE = re.compile(r"([A-Z][A-Z0-9]{1,9})-([0-9]{1,9})")
 RANK_RE = re.compile(r"[0-9A-Za-z]{1,255}")
+DIGITS_RE = re.compile(r"([0-9]+)")
+
+
+def natural_key(text: str) -> tuple[tuple[object, ...], str]:
+    """A sort key that orders runs of digits as numbers: "2026.11.2" before "2026.11.11".
+
+    Splitting on digit runs alternates text and digits, so parts at the same place are of
+    the same kind and always compare. Digits compare by length then value (no int(): a name
+    of thousands of digits must not raise); the name itself breaks ties ("v01" and "v1")."""
+    parts = DIGITS_RE.split(text)
+    key = tuple(
+        (len(part.lstrip("0")), part.lstrip("0")) if i % 2 else part.casefold()
+        for i, part in enumerate(parts)
+    )
+    return key, text
 
 
 def ref_parse(text: str) -> tuple[str, int] | None:
@@ -285,14 +300,23 @@ def board_page_read(
         actor=actor, board=board, at_least=Role.VIEWER
     )
     labels = list(board.labels.order_by("kind", "name"))
+    columns = columns_read(board=board, filters=filters)
     return {
         "board": board,
-        "columns": columns_read(board=board, filters=filters),
+        "columns": columns,
+        # Under a filter, how many open cards match on the whole board: at 0 the page says so
+        # once, rather than leaving every column silently empty.
+        "matches": sum(view.count for view in columns),
         "role": role,
         "can_edit": role.level >= Role.EDITOR.level,
         "filters": filters,
         "labels": [label for label in labels if label.kind == LabelKind.GENERAL],
-        "releases": [label for label in labels if label.kind == LabelKind.RELEASE][::-1],
+        # Newest first, by version: a text sort put 2026.11.2 after 2026.11.11.
+        "releases": sorted(
+            (label for label in labels if label.kind == LabelKind.RELEASE),
+            key=lambda label: natural_key(label.name),
+            reverse=True,
+        ),
         "members": board_members(board=board),
         "boards": list(boards_visible(actor=actor).order_by("name").only("name", "key")),
     }

@@ -14,7 +14,7 @@ from activity.log import Actor
 from activity.models import Event
 from boards import services
 from boards.models import Card
-from boards.queries import COLUMN_PAGE
+from boards.queries import COLUMN_PAGE, natural_key
 from boards.ranking import ranks_spread
 from tests.conftest import as_actor, column, column_titles, make_card
 
@@ -193,6 +193,71 @@ def test_filters_narrow_the_board(editor, board, bob, query, shown, hidden):
     html = editor.get(reverse("boards:detail", args=["PAY"]) + "?" + query, **HX).content.decode()
     assert shown in html
     assert hidden not in html
+
+
+def test_clear_filters_shows_only_while_filtering_on_the_page_and_in_the_htmx_answer(editor, board):
+    make_card(board, title="Refund flow")
+    url = reverse("boards:detail", args=["PAY"])
+    clear = f'<a class="clear" href="{url}">Clear filters</a>'
+    assert clear not in editor.get(url).content.decode()
+    assert clear in editor.get(url + "?q=refund").content.decode()
+    # The form is not swapped under htmx, so the board's answer brings the link out of band,
+    # and takes it away again once the filter is cleared.
+    fragment = editor.get(url + "?q=refund", **HX).content.decode()
+    assert re.search(rf'id="filter-clear"[^>]*hx-swap-oob="innerHTML">{re.escape(clear)}', fragment)
+    unfiltered = editor.get(url, **HX).content.decode()
+    assert re.search(r'id="filter-clear"[^>]*hx-swap-oob="innerHTML"></span>', unfiltered)
+    assert "Clear filters" not in unfiltered
+
+
+def test_a_filter_matching_nothing_says_so_once_with_a_way_back(editor, board):
+    make_card(board, title="Refund flow")
+    url = reverse("boards:detail", args=["PAY"])
+    for response in (editor.get(url + "?q=nothing-like-it"), editor.get(url + "?q=nothing", **HX)):
+        html = response.content.decode()
+        assert html.count("No cards match these filters") == 1
+        status = re.search(r'<div id="filter-empty"[^>]*role="status"[^>]*>(.*?)</div>', html, re.S)
+        assert status is not None
+        assert f'href="{url}">Clear filters</a>' in status.group(1)
+    for query in ("", "?q=refund"):
+        assert "No cards match" not in editor.get(url + query).content.decode()
+
+
+def test_every_filter_control_has_a_visible_label(editor, board):
+    html = editor.get(reverse("boards:detail", args=["PAY"])).content.decode()
+    form = html[html.index('<form id="filters"') :]
+    form = form[: form.index("</form>")]
+    for control, name in [
+        ("filter-q", "Search cards"),
+        ("filter-label", "Label"),
+        ("filter-assignee", "Assignee"),
+        ("filter-release", "Release"),
+    ]:
+        assert f'<label for="{control}">{name}</label>' in form
+        assert f'id="{control}"' in form
+    assert "visually-hidden" not in form
+
+
+def test_releases_are_offered_newest_version_first(editor, board, bob):
+    for name in ["2026.11.2", "2026.9.30", "2026.11.11", "2026.11.10", "2025.12.1"]:
+        services.label_create(actor=as_actor(bob), board_id=board.pk, name=name, kind="release")
+    html = editor.get(reverse("boards:detail", args=["PAY"])).content.decode()
+    select = html[html.index('<select id="filter-release"') :]
+    offered = re.findall(r'<option value="([^"]+)"', select[: select.index("</select>")])
+    assert offered == ["2026.11.11", "2026.11.10", "2026.11.2", "2026.9.30", "2025.12.1"]
+
+
+@pytest.mark.parametrize(
+    ("names", "ordered"),
+    [
+        (["v10", "v9", "v1"], ["v1", "v9", "v10"]),
+        (["1.0-rc2", "1.0-rc10", "1.0"], ["1.0", "1.0-rc2", "1.0-rc10"]),
+        (["v01", "v1", "V1"], ["V1", "v01", "v1"]),
+        (["9" * 5000, "1" + "0" * 4999, "release"], ["1" + "0" * 4999, "9" * 5000, "release"]),
+    ],
+)
+def test_natural_key_orders_numbers_as_numbers_and_never_raises(names, ordered):
+    assert sorted(names, key=natural_key) == ordered
 
 
 # --- moves ------------------------------------------------------------------------------------
