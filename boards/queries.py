@@ -1,5 +1,7 @@
 """Every read the views and API need, permission-filtered, in a fixed number of SQL queries."""
 
+import functools
+import hashlib
 import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypedDict
@@ -11,6 +13,7 @@ from django.contrib.auth.models import AbstractBaseUser
 from django.db import connection
 from django.db.models import Count, F, OuterRef, Prefetch, Q, QuerySet, Subquery, Window
 from django.db.models.functions import Coalesce, RowNumber
+from django.template.loader import get_template
 from django.utils.safestring import SafeString, mark_safe
 
 from activity.describe import event_describe
@@ -239,16 +242,26 @@ def card_search(
     return cards.order_by("column__position", "column_id", "rank", "pk")
 
 
+@functools.cache
+def _template_digest() -> str:
+    """A digest of the board's template: a deploy that changes how cards look changes every
+    card's key, so no card cached by the previous version is shown."""
+    source = get_template("boards/board.html").template.source  # type: ignore[attr-defined]
+    return hashlib.sha256(source.encode()).hexdigest()[:12]
+
+
 def _fragment_keys(cards: list[CardRow]) -> None:
     """Give each card the key of its rendered HTML: everything the card shows is in it (its
-    version covers its own fields; labels, people, age and due state are spelled out)."""
+    version covers its own fields; labels, people, age and due state are spelled out; the
+    template's digest covers how they are drawn)."""
+    digest = _template_digest()
     for card in cards:
         labels = ",".join(f"{x.pk}.{x.kind}.{x.colour}.{x.name}" for x in card.label_list)
         people = ",".join(
             f"{p.pk}.{p.get_username()}.{p.get_full_name()}" for p in card.assignee_list
         )
         state = f"{age(card.entered_column_at)}.{overdue(card)}"
-        card.fragment_key = f"{card.pk}:{card.version}:{state}:{labels}:{people}"
+        card.fragment_key = f"{digest}:{card.pk}:{card.version}:{state}:{labels}:{people}"
 
 
 def _first_of_each_column(

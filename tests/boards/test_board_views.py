@@ -609,6 +609,29 @@ def test_a_release_links_to_all_its_cards_from_the_board_and_the_dialog(editor, 
     assert link in dialog
 
 
+def test_a_card_shows_its_release_once_as_a_linked_pill(editor, board, bob):
+    card = make_card(board, title="Refunds", column_name="Staging")
+    services.deployment_record(
+        actor=as_actor(bob), board_id=board.pk, version="2026.11.3", environment="production",
+        status="success", card_numbers=[card.number],
+    )  # fmt: skip
+    html = editor.get(reverse("boards:detail", args=["PAY"])).content.decode()
+    item = html[html.index(f'id="card-{card.pk}"') :]
+    item = item[: item.index("</li>\n")]  # the card's own <li>, past its label pills
+    assert item.count(">2026.11.3<") == 1
+    pill = re.search(r'<li class="label label-release"[^>]*>(.*?)</li>', item)
+    assert pill and 'href="/services/?release=2026.11.3"' in pill.group(1)
+
+
+def test_the_board_page_links_to_its_activity_feed_time_travel_and_insights(editor, board):
+    html = editor.get(reverse("boards:detail", args=["PAY"])).content.decode()
+    tabs = re.search(r'<nav class="page-tabs"[^>]*>(.*?)</nav>', html, re.S)
+    assert tabs
+    for name in ("history:activity", "history:history", "delivery:insights"):
+        assert f'href="{reverse(name, args=["PAY"])}"' in tabs.group(1)
+    assert re.search(r'href="/b/PAY/"\s+aria-current="page">Board<', tabs.group(1))
+
+
 def test_restoring_into_a_full_blocking_column_explains_in_the_dialog(editor, board, alice):
     card = make_card(board, title="Refunds")
     editor.post(reverse("boards:card-archive", args=["PAY", card.number]), **HX)
