@@ -3,7 +3,7 @@
 import re
 
 import pytest
-from playwright.sync_api import Browser, Locator, Page, expect
+from playwright.sync_api import Browser, Locator, Page, Route, expect
 
 from activity.events import EventKind
 from activity.models import Event
@@ -184,7 +184,7 @@ def test_quick_add_empties_the_field_for_the_next_card(page: Page, payments, bro
 def test_a_double_enter_in_quick_add_makes_one_card(page: Page, payments, browser_log):
     log_in(page, "bob")
     page.goto("/b/PAY/")
-    held = []
+    held: list[Route] = []
 
     def hold_the_first_post(route) -> None:
         if route.request.method == "POST" and not held:
