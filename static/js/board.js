@@ -153,36 +153,6 @@
     move(card, target);
   }
 
-  // Quick add ("Add a card…"). The answer redraws the column, so by the time it is handled
-  // the form that sent it is gone (its title field lives on, moved into the new column by
-  // hx-preserve): nothing can be looked up from the form then. So the title leaves the field
-  // as it is sent: the field is ready for the next card at once, and a second Enter finds it
-  // empty (`required`) instead of sending the same title again; while a title is on its way
-  // the form drops any other (hx-sync="this:drop"). A title the server did not take comes
-  // back into the field, unless something new was typed there meanwhile.
-  const adding = new Map(); // request -> { field, title }
-
-  function addCardStart(event) {
-    const form = event.detail.elt.closest?.("form.add-card");
-    if (!form) return;
-    const field = $("input[name=title]", form);
-    if (!field) return;
-    // The title is already in the request: htmx gathers the values before this event.
-    adding.set(event.detail.xhr, { field, title: field.value });
-    field.value = "";
-    // The column is swapped under the field: it comes back focused (see htmx:afterSettle).
-    refocus = field.id;
-  }
-
-  function addCardFinish(event) {
-    const sent = adding.get(event.detail.xhr);
-    if (!sent) return;
-    adding.delete(event.detail.xhr); // htmx may report a request twice when its form went
-    const status = event.detail.xhr.status;
-    const created = status >= 200 && status < 300;
-    if (!created && sent.field.isConnected && sent.field.value === "") sent.field.value = sent.title;
-  }
-
   // Dialogs arrive as fragments (or server-rendered with data-open) and open as modals.
   function openDialogs(root) {
     const dialogs = root.matches?.("dialog.dialog") ? [root] : $$("dialog.dialog", root);
@@ -234,7 +204,12 @@
     const form = event.detail.elt.closest?.("form");
     const ok = event.detail.successful;
     if (ok && form?.closest("#move-dialog")) form.closest("dialog").close();
-    addCardFinish(event);
+    if (ok && form?.classList.contains("add-card")) {
+      // The title field is preserved across column swaps (hx-preserve), so clear it by id.
+      const input = document.getElementById(`add-${form.closest(".column")?.dataset.column}`);
+      if (input) input.value = "";
+      form.reset();
+    }
   });
 
   document.addEventListener("htmx:responseError", (event) => {
@@ -278,7 +253,11 @@
     }
   });
 
-  document.addEventListener("htmx:beforeRequest", addCardStart);
+  document.addEventListener("htmx:beforeRequest", (event) => {
+    // Keep typing into "Add a card…" fluent: the column is swapped, the field comes back focused.
+    const form = event.detail.elt.closest?.("form.add-card");
+    if (form) refocus = $("input[name=title]", form).id;
+  });
 
   htmx.onLoad((root) => {
     initSortable(root);

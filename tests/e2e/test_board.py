@@ -3,7 +3,7 @@
 import re
 
 import pytest
-from playwright.sync_api import Browser, Locator, Page, Route, expect
+from playwright.sync_api import Browser, Locator, Page, expect
 
 from activity.events import EventKind
 from activity.models import Event
@@ -152,79 +152,6 @@ def test_create_a_card_inline_and_edit_it_in_the_dialog(page: Page, payments, br
     saved = Card.objects.get(board=payments, number=2)
     assert saved.description == "Handle **disputes** from the PSP"
     assert browser_log.problems(expected_status={"/b/PAY/cards/2/": 422}) == []
-
-
-def add_field(page: Page, name: str = "To Do") -> Locator:
-    return column(page, name).get_by_placeholder("Add a card…")
-
-
-def test_quick_add_empties_the_field_for_the_next_card(page: Page, payments, browser_log):
-    log_in(page, "bob")
-    page.goto("/b/PAY/")
-    add_field(page).fill("Chargeback webhook")
-    add_field(page).press("Enter")
-    toast(page, "PAY-2 created.")
-    expect(add_field(page)).to_have_value("")
-    expect(add_field(page)).to_be_focused()
-    page.keyboard.press("Enter")  # the emptied field sends nothing: no second card
-    page.keyboard.type("Refund webhook")  # the next title, straight from the keyboard
-    page.keyboard.press("Enter")
-    toast(page, "PAY-3 created.")
-    expect(add_field(page)).to_have_value("")
-    expect(add_field(page)).to_be_focused()
-    assert refs(page, "To Do") == ["PAY-1", "PAY-2", "PAY-3"]
-    assert column_titles(payments, "To Do") == [
-        "Retry failed payouts",
-        "Chargeback webhook",
-        "Refund webhook",
-    ]
-    assert browser_log.problems() == []
-
-
-def test_a_double_enter_in_quick_add_makes_one_card(page: Page, payments, browser_log):
-    log_in(page, "bob")
-    page.goto("/b/PAY/")
-    held: list[Route] = []
-
-    def hold_the_first_post(route) -> None:
-        if route.request.method == "POST" and not held:
-            held.append(route)
-        else:
-            route.continue_()
-
-    page.route("**/columns/*/cards*", hold_the_first_post)
-    with page.expect_request(lambda request: request.method == "POST"):
-        add_field(page).fill("Chargeback webhook")
-        add_field(page).press("Enter")
-    expect(add_field(page)).to_have_value("")  # the title left with its request
-    add_field(page).press("Enter")  # again, while the first is still on its way
-    held[0].continue_()
-    toast(page, "PAY-2 created.")
-    # One more card: had the second Enter sent the title again, it would be PAY-3.
-    add_field(page).fill("Refund webhook")
-    add_field(page).press("Enter")
-    toast(page, "PAY-3 created.")
-    assert column_titles(payments, "To Do") == [
-        "Retry failed payouts",
-        "Chargeback webhook",
-        "Refund webhook",
-    ]
-    assert refs(page, "To Do") == ["PAY-1", "PAY-2", "PAY-3"]
-    assert browser_log.problems() == []
-
-
-def test_a_refused_quick_add_gives_the_title_back(page: Page, payments, browser_log):
-    todo = payments.columns.get(name="To Do")
-    todo.wip_limit, todo.wip_blocks = 1, True  # PAY-1 fills it
-    todo.save(update_fields=["wip_limit", "wip_blocks"])
-    log_in(page, "bob")
-    page.goto("/b/PAY/")
-    add_field(page).fill("Chargeback webhook")
-    add_field(page).press("Enter")
-    toast(page, "To Do is at its WIP limit of 1")
-    expect(add_field(page)).to_have_value("Chargeback webhook")
-    assert column_titles(payments, "To Do") == ["Retry failed payouts"]
-    assert browser_log.problems(expected_status={f"/columns/{todo.pk}/cards": 409}) == []
 
 
 def test_filter_then_go_back_and_forth(page: Page, payments, browser_log):
