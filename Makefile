@@ -122,7 +122,7 @@ bench: $(VENV)/.installed
 
 # Fault injection (chaos/): a private PostgreSQL cluster and Redis, uvicorn, Celery worker and
 # beat; load, then Redis killed, PostgreSQL restarted, the worker SIGKILLed mid-rollup, two
-# beats. Prints a table, writes var/chaos.json, fails on any FAIL. QUICK=1: about two minutes.
+# beats. Prints a table, writes var/chaos.json, fails on any FAIL. QUICK=1: about four minutes.
 chaos: $(VENV)/.installed
 	@mkdir -p var
 	$(PY) -m chaos $(if $(filter 1,$(QUICK)),--quick,) $(CHAOS_ARGS)

@@ -11,8 +11,10 @@ passed through. `board_state_present` reads the boards tables into the same data
 Snapshots (`BoardSnapshot`, append-only rows) hold the replayed state after some event; a
 replay starts from the newest one at or before its target and applies only the events after
 it. Reading never writes: `snapshots_catch_up` writes them every `SNAPSHOT_EVERY` events for
-a whole board (`verify_activity --snapshots`, after the board verifies); a caller that is not
-serving a request may ask `board_replay(write_snapshot=True)` to keep its target. A snapshot
+a whole board (`verify_activity --snapshots`, after the board verifies); beat's
+`history.tasks.snapshots_advance_task` snapshots each board that has grown enough since its
+newest one; a caller that is not serving a request may ask `board_replay(write_snapshot=True)`
+to keep its target. A snapshot
 is only an accelerator: it names the hash of the event it stands after, is ignored when that
 event's hash differs, and `verify_activity` checks each against a replay from zero. A change
 of the state's shape bumps `FORMAT`, which leaves older snapshots unused.
